@@ -1,0 +1,1 @@
+"""The ``irscan`` command line: one module per subcommand; commands parse and call."""

@@ -1,0 +1,45 @@
+"""Exceptions of :mod:`pipeline`: one root; each also inherits the matching built-in.
+
+Messages name the file or field, the expected and the actual value, on one line: the CLI
+prints ``str(error)`` and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IrscanError",
+    "InputError",
+    "SceneError",
+    "OutputExistsError",
+    "JobSpecError",
+    "TileFailedError",
+    "LockedError",
+]
+
+
+class IrscanError(Exception):
+    """Root of every error raised by :mod:`pipeline`."""
+
+
+class InputError(IrscanError, ValueError):
+    """A user-supplied value (option, path, file content) is not acceptable."""
+
+
+class SceneError(InputError):
+    """A scene cannot be used: not a raster, rotated grid, missing band, ..."""
+
+
+class OutputExistsError(IrscanError, FileExistsError):
+    """The output exists and ``--overwrite`` was not given."""
+
+
+class JobSpecError(InputError):
+    """A job file does not validate."""
+
+
+class TileFailedError(IrscanError, RuntimeError):
+    """A tile failed after its retries."""
+
+
+class LockedError(IrscanError, RuntimeError):
+    """Another job holds the lock on an output."""
