@@ -1,0 +1,189 @@
+"""Saving and loading MiM weights.
+
+* irscan's own weights are float16 safetensors with string metadata: the network config
+  (``mim_config``, JSON), the decision ``threshold`` on probabilities, the input
+  ``normalization`` and provenance. The packaged default lives in ``mim_model/weights/``.
+* The authors' released checkpoint (a ``.pth`` pickle) loads through
+  :func:`load_official_checkpoint`, with ``torch.load(weights_only=True)``: no code from
+  the file is executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from mim_model.config import MiMConfig
+from mim_model.errors import WeightsError
+from mim_model.network import MiM
+
+__all__ = [
+    "DEFAULT_WEIGHTS_PATH",
+    "save_safetensors",
+    "load_safetensors",
+    "read_metadata",
+    "load_model",
+    "load_official_checkpoint",
+    "weights_sha256",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mim_sirst.safetensors"
+_SKIPPED_SUFFIXES = (".relative_pos",)
+
+
+def _config_to_json(config: MiMConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def _config_from_json(text: str, source: Path) -> MiMConfig:
+    try:
+        raw = json.loads(text)
+        fields = {f.name for f in dataclasses.fields(MiMConfig)}
+        kwargs = {k: (tuple(map(tuple, v)) if k == "relative_pos_shapes" else tuple(v) if isinstance(v, list) else v)
+                  for k, v in raw.items() if k in fields}
+        return MiMConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{source}: metadata 'mim_config' is not a valid MiM config ({exc})") from None
+
+
+def save_safetensors(
+    model: MiM, path: str | os.PathLike, *, metadata: dict[str, str] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write ``model``'s weights (floats cast to ``dtype``) and metadata, atomically.
+
+    The unused ``relative_pos`` tensors are left out; ``mim_config`` is added to the metadata.
+    """
+    path = Path(path)
+    tensors = {}
+    for name, value in model.state_dict().items():
+        if name.endswith(_SKIPPED_SUFFIXES):
+            continue
+        value = value.detach().cpu()
+        tensors[name] = value.to(dtype).contiguous() if value.is_floating_point() else value.contiguous()
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    config = dataclasses.replace(model.config, keep_relative_pos=False)
+    meta["mim_config"] = _config_to_json(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors weights file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(float32 state_dict, metadata) from a safetensors weights file."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    return state, metadata
+
+
+def _check_and_load(model: MiM, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k} expected {tuple(expected[k].shape)} got {tuple(state[k].shape)}"
+        for k in expected
+        if k in state and tuple(expected[k].shape) != tuple(state[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:3])})")
+        raise WeightsError(f"{source}: weights do not match the MiM network: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(
+    weights_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> MiM:
+    """An eval-mode :class:`MiM` with weights from ``weights_path`` (default: the packaged
+    weights). The network config comes from the file's metadata."""
+    path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS_PATH
+    if weights_path is None and not path.is_file():
+        raise WeightsError(f"{path}: the packaged default weights are missing; reinstall irscan")
+    state, metadata = load_safetensors(path)
+    config = _config_from_json(metadata["mim_config"], path) if "mim_config" in metadata else MiMConfig()
+    model = MiM(config)
+    _check_and_load(model, state, path)
+    model.weights_metadata = metadata  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def load_official_checkpoint(
+    path: str | os.PathLike, *, layout: str = "official", device: str | torch.device = "cpu"
+) -> MiM:
+    """Load the authors' released ``.pth`` into an eval-mode :class:`MiM`.
+
+    Accepts a plain state_dict or one wrapped in ``state_dict``/``model``, with or without
+    ``module.`` prefixes (DataParallel). The four unused ``relative_pos`` tensors are kept
+    when present, so the load is strict. Raises :class:`WeightsError` naming what differs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
+        raise WeightsError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a state_dict of tensors, got {type(obj).__name__}")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    keep_rel = any(k.endswith(_SKIPPED_SUFFIXES) for k in state)
+    model = MiM(layout=layout, keep_relative_pos=keep_rel)
+    _check_and_load(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, path)
+    return model.to(device).eval()
+
+
+def weights_sha256(path: str | os.PathLike | None = None) -> str:
+    """Hex sha256 of a weights file (default: the packaged weights)."""
+    digest = hashlib.sha256()
+    with open(path or DEFAULT_WEIGHTS_PATH, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
