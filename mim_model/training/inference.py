@@ -1,0 +1,168 @@
+"""Run the network on whole images of any size: pad, tile, crop back.
+
+MiM-ISTD needs square inputs whose side is a multiple of 64 (spec section 1). An image of
+(H, W) with max(H, W) <= ``max_side_px`` is zero-padded at the bottom and right to the
+smallest such square, run whole, and the probabilities are cropped back to (H, W).
+Zero (black) padding is what the network saw during training (crops of small rescaled
+images are zero-padded), and the padded region is cropped away. Images of the same
+padded side are batched together.
+
+Larger images are cut into ``tile_px`` squares that overlap by at least ``2 * halo_px``;
+each output pixel is taken from the tile in which it lies farthest from a cut (the
+overlaps are split at their middle), so no pixel within ``halo_px`` of a tile's inner
+edge is used. The network's receptive field is global (the scan), so tiled and whole
+results differ slightly; tiling bounds memory for any image size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from mim_model.errors import InputShapeError
+from mim_model.training.preprocess import to_model_input
+
+__all__ = ["SIDE_MULTIPLE_PX", "padded_side", "axis_tiles", "predict_probs", "autocast_for"]
+
+SIDE_MULTIPLE_PX = 64
+
+
+def padded_side(h: int, w: int, multiple: int = SIDE_MULTIPLE_PX) -> int:
+    """Smallest multiple of ``multiple`` that is >= both sides, pixels."""
+    return max(multiple, -(-max(h, w) // multiple) * multiple)
+
+
+def axis_tiles(size: int, tile: int, halo: int) -> list[tuple[int, int, int]]:
+    """Tiles along one axis as ``(start, keep_start, keep_stop)`` in image pixels.
+
+    The keep ranges partition ``[0, size)``. With ``size <= tile`` there is one tile
+    starting at 0 (zero-padded to ``tile`` by the caller).
+
+    Raises
+    ------
+    ValueError
+        If ``tile <= 2 * halo``.
+    """
+    if tile <= 2 * halo:
+        raise ValueError(f"tile_px: expected more than 2 * halo_px = {2 * halo}, got {tile}")
+    if size <= tile:
+        return [(0, 0, size)]
+    step = tile - 2 * halo
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    bounds = [0] + [(s + tile + s_next) // 2 for s, s_next in zip(starts[:-1], starts[1:], strict=True)] + [size]
+    return [(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+
+
+def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``amp``; a no-op otherwise. The scan ops compute in fp32."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _run_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+    """grey01 (B, 1, S, S) on CPU -> probabilities (B, S, S) float32 on CPU."""
+    x = to_model_input(batch.to(device, non_blocking=True))
+    with autocast_for(device, amp):
+        logits = model(x)
+    return torch.sigmoid(logits.float())[:, 0].cpu()
+
+
+def _batches(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: torch.nn.Module,
+    images: Sequence[npt.NDArray[np.float32]],
+    *,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    batch_size: int = 8,
+    max_side_px: int = 1024,
+    tile_px: int = 512,
+    halo_px: int = 64,
+) -> list[npt.NDArray[np.float32]]:
+    """Target probabilities for grey images of any size.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        MiM (or anything with its I/O contract), already on ``device``; put in eval mode here.
+    images : sequence of ndarray float32 (H, W)
+        Grey images in [0, 1] (8-bit / 255), any sizes.
+    device : torch.device or str
+    amp : bool
+        bf16 autocast on CUDA (ignored on CPU).
+    batch_size : int
+        Images (or tiles) per forward pass.
+    max_side_px : int
+        Images with a longer side than this are tiled.
+    tile_px, halo_px : int
+        Tile side (multiple of 64) and minimum margin kept from tile cuts, pixels.
+
+    Returns
+    -------
+    list of ndarray float32 (H, W)
+        sigmoid(logits), same sizes as the inputs.
+
+    Raises
+    ------
+    InputShapeError
+        If an image is not 2-D or ``tile_px`` is not a multiple of 64.
+    """
+    device = torch.device(device)
+    if tile_px % SIDE_MULTIPLE_PX:
+        raise InputShapeError(f"tile_px: expected a multiple of {SIDE_MULTIPLE_PX}, got {tile_px}")
+    model.eval()
+    out: list[npt.NDArray[np.float32] | None] = [None] * len(images)
+    by_side: dict[int, list[int]] = defaultdict(list)
+    for i, img in enumerate(images):
+        if img.ndim != 2:
+            raise InputShapeError(f"image {i}: expected a 2-D (H, W) grey array, got shape {img.shape}")
+        h, w = img.shape
+        if max(h, w) <= max_side_px:
+            by_side[padded_side(h, w)].append(i)
+        else:
+            out[i] = _predict_tiled(model, img, device, amp, batch_size, tile_px, halo_px)
+    for side, idx in by_side.items():
+        for chunk in _batches(idx, batch_size):
+            batch = torch.zeros((len(chunk), 1, side, side), dtype=torch.float32)
+            for j, i in enumerate(chunk):
+                h, w = images[i].shape
+                batch[j, 0, :h, :w] = torch.from_numpy(np.asarray(images[i], dtype=np.float32))
+            probs = _run_batch(model, batch, device, amp)
+            for j, i in enumerate(chunk):
+                h, w = images[i].shape
+                out[i] = probs[j, :h, :w].numpy().copy()
+    return out  # type: ignore[return-value]
+
+
+def _predict_tiled(
+    model: torch.nn.Module,
+    img: npt.NDArray[np.float32],
+    device: torch.device,
+    amp: bool,
+    batch_size: int,
+    tile_px: int,
+    halo_px: int,
+) -> npt.NDArray[np.float32]:
+    h, w = img.shape
+    prob = np.zeros((h, w), dtype=np.float32)
+    tiles = [(r, c) for r in axis_tiles(h, tile_px, halo_px) for c in axis_tiles(w, tile_px, halo_px)]
+    for chunk in _batches(tiles, batch_size):
+        batch = torch.zeros((len(chunk), 1, tile_px, tile_px), dtype=torch.float32)
+        for j, ((r0, _, _), (c0, _, _)) in enumerate(chunk):
+            window = img[r0 : r0 + tile_px, c0 : c0 + tile_px]
+            batch[j, 0, : window.shape[0], : window.shape[1]] = torch.from_numpy(np.asarray(window, dtype=np.float32))
+        probs = _run_batch(model, batch, device, amp).numpy()
+        for j, ((r0, rk0, rk1), (c0, ck0, ck1)) in enumerate(chunk):
+            prob[rk0:rk1, ck0:ck1] = probs[j, rk0 - r0 : rk1 - r0, ck0 - c0 : ck1 - c0]
+    return prob

@@ -1,0 +1,136 @@
+"""Predict target masks for image files of any size.
+
+For each input ``<dir>/<stem>.<ext>`` it writes ``out_dir/<stem>.png``: an 8-bit mask of
+the input's size, 255 where the target probability exceeds the threshold stored with the
+weights (else 0.5), 0 elsewhere. With ``prob=True`` it also writes
+``out_dir/<stem>_prob.tif``: the float32 probabilities (one band, PIL mode ``F``), full
+precision so that any other threshold can be applied later.
+
+Images are zero-padded to a square multiple of 64 and cropped back; images whose longer
+side exceeds ``max_side_px`` (default 1024) are tiled (512 px tiles, 64 px halo), so
+memory stays bounded for any size (see :mod:`mim_model.training.inference`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mim_model.training.data import DatasetError, load_grey01
+from mim_model.training.evaluate import weights_threshold
+from mim_model.training.inference import predict_probs
+
+__all__ = ["predict"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_inputs(paths: Sequence[Path]) -> None:
+    if not paths:
+        raise DatasetError("images: expected at least one image path, got none")
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise DatasetError(f"image {path}: expected an image file, got none there")
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018  (reads the header only)
+        except (UnidentifiedImageError, OSError) as err:
+            raise DatasetError(f"image {path}: expected an image PIL can read, got {type(err).__name__}: {err}") from err
+        if path.stem in stems:
+            raise DatasetError(
+                f"image {path}: expected distinct file stems (outputs are named <stem>.png), got the same stem as {stems[path.stem]}"
+            )
+        stems[path.stem] = path
+
+
+def predict(
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    prob: bool = False,
+    device: str = "auto",
+    threshold: float | None = None,
+    batch_size: int = 4,
+    max_side_px: int = 1024,
+    amp: bool = True,
+) -> list[dict[str, Any]]:
+    """Write a 0/255 mask (and optionally probabilities) for each image.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Input images (any format and mode PIL reads; loaded as grey).
+    out_dir : path
+        Output folder (created).
+    weights : path, optional
+        Safetensors weights; None loads the packaged default weights.
+    prob : bool
+        Also write ``<stem>_prob.tif`` float32 probabilities.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    threshold : float, optional
+        Probability threshold; None uses the weights' own (else 0.5).
+    batch_size : int
+        Images per forward pass.
+    max_side_px : int
+        Longer sides above this are tiled.
+    amp : bool
+        bf16 autocast on CUDA.
+
+    Returns
+    -------
+    list of dict
+        Per image: ``image``, ``mask``, ``prob`` (path or None), ``height``, ``width``,
+        ``target_px``.
+
+    Raises
+    ------
+    DatasetError
+        No inputs, a missing or unreadable image, two inputs with the same stem.
+    WeightsError
+        Weights missing, unreadable or not matching the network.
+    """
+    from mim_model.training.train import resolve_device
+    from mim_model.weights import load_model
+
+    inputs = [Path(p) for p in paths]
+    _check_inputs(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    model = load_model(weights, device=dev)
+    t = weights_threshold(model) if threshold is None else float(threshold)
+    results = []
+    chunk = max(1, batch_size) * 4
+    for start in range(0, len(inputs), chunk):
+        group = inputs[start : start + chunk]
+        images = [load_grey01(p) for p in group]
+        probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px)
+        for path, p in zip(group, probs, strict=True):
+            mask = np.where(p > t, 255, 0).astype(np.uint8)
+            mask_path = out / f"{path.stem}.png"
+            Image.fromarray(mask).save(mask_path)
+            prob_path = None
+            if prob:
+                prob_path = out / f"{path.stem}_prob.tif"
+                Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)).save(prob_path)
+            results.append(
+                {
+                    "image": str(path),
+                    "mask": str(mask_path),
+                    "prob": str(prob_path) if prob_path else None,
+                    "height": int(p.shape[0]),
+                    "width": int(p.shape[1]),
+                    "target_px": int((mask > 0).sum()),
+                }
+            )
+            log.info("%s -> %s (%d target px)", path, mask_path, results[-1]["target_px"])
+    return results

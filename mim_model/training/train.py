@@ -1,0 +1,723 @@
+"""Train MiM-ISTD on SIRST-layout data, with checkpoints, resume and a time budget.
+
+Recipe (ours; the paper's is not public, spec section 4)
+--------------------------------------------------------
+* Input: grey replicated to 3 channels, ImageNet normalisation
+  (:func:`mim_model.training.preprocess.to_model_input`).
+* Samples: square crops of ``crop_px`` (default 256) with rescale 0.5..2 (log-uniform),
+  brightness/contrast jitter, light blur, D4 flips; 80 % of crops hold a target
+  (:mod:`mim_model.training.data`).
+* Loss: SoftIoU + 0.5 * BCE by default (:mod:`mim_model.training.loss`); ``softiou``
+  alone is ACM's.
+* Optimiser: AdamW (lr 2e-3, weight decay 1e-4 on weight matrices and convolutions only,
+  none on norms, biases, ``A_logs`` and ``Ds``), linear warm-up then cosine decay to
+  1 % of lr, stepped per batch. ACM's Adagrad (lr 0.05, constant) is available as
+  ``optimizer="adagrad", schedule="constant"``; AdamW with a cosine schedule converges
+  in far fewer epochs, which matters for a budget of minutes.
+* Mixed precision: bf16 autocast on CUDA (no loss scaling needed); the selective scan
+  casts to float32 inside, the loss is computed in float32.
+* Model selection: every ``eval_every`` epochs the model is run on the **val** split at
+  native resolution (zero-padded to a square multiple of 64, cropped back); thresholds
+  ``eval_thresholds`` on the probability are swept and the best val IoU picks both the
+  checkpoint (``best.pt``) and the threshold. The test split is never read here.
+
+Files in ``out_dir``
+--------------------
+``last.pt``
+    Everything needed to resume (model, optimiser, scheduler, epoch, RNG states, best
+    so far, config), written atomically at the end of each epoch.
+``best.pt``
+    Model state of the best val IoU, its epoch, threshold and val metrics.
+``metrics.jsonl``
+    One JSON object per epoch: epoch, step, loss, lr, seconds, and ``val`` (or null).
+
+Resume: :func:`train` continues from ``last.pt`` when it exists (unless
+``resume=False``). With ``time_budget_min`` set, it stops before an epoch it expects not
+to finish in time (and, as a last resort, abandons an epoch that overruns), so a run can
+be split over commands of limited length: run the same command again to go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mim_model.errors import MiMError, WeightsError
+from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, split_summary
+from mim_model.training.inference import autocast_for, predict_probs
+from mim_model.training.loss import LOSSES, make_loss
+from mim_model.training.metrics import ThresholdSweep
+from mim_model.training.preprocess import NORMALISATION, to_model_input
+
+__all__ = [
+    "TrainConfig",
+    "TrainError",
+    "train",
+    "export",
+    "resolve_device",
+    "evaluate_split",
+    "CHECKPOINT_FORMAT",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "irscan-train-v1"
+LAST = "last.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+
+# Config fields that may change between a run and its resumption without a warning.
+_RESUME_FREE_FIELDS = frozenset(
+    {"data_dir", "out_dir", "epochs", "time_budget_min", "num_workers", "eval_every", "device", "eval_batch_size"}
+)
+
+
+class TrainError(MiMError, ValueError):
+    """A training run cannot start or resume (message names the file or field)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """Settings of one training run (see the module docstring for the recipe).
+
+    Attributes
+    ----------
+    data_dir : str
+        SIRST-layout data directory.
+    out_dir : str
+        Run directory: checkpoints and ``metrics.jsonl``.
+    train_split, val_split : str
+        Split names under ``data_dir/split_dir`` (or paths to ``.txt`` files).
+    split_dir : str
+        Folder of split files.
+    layout : str
+        MiM token layout, ``"spatial"`` (default) or ``"official"``.
+    crop_px : int
+        Training crop side, a multiple of 64.
+    batch_size : int
+        Crops per step.
+    epochs : int
+        Total epochs (the cosine schedule spans them).
+    epoch_repeats : int
+        Passes over the train split per epoch.
+    optimizer : str
+        ``"adamw"`` or ``"adagrad"``.
+    lr, weight_decay : float
+        Peak learning rate and weight decay.
+    schedule : str
+        ``"cosine"`` (warm-up then cosine) or ``"constant"``.
+    warmup_epochs : float
+        Linear warm-up length, epochs.
+    min_lr_ratio : float
+        Final lr of the cosine as a fraction of ``lr``.
+    loss : str
+        ``"softiou+bce"`` or ``"softiou"``.
+    bce_weight : float
+        Weight of BCE in ``"softiou+bce"``.
+    grad_clip_norm : float
+        Clip the gradient norm to this; 0 disables.
+    seed : int
+        Seeds the model init and every crop.
+    amp : bool
+        bf16 autocast on CUDA.
+    device : str
+        ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    num_workers : int
+        DataLoader worker processes (0: load in the main process).
+    eval_every : int
+        Evaluate on val every this many epochs (and after the last).
+    eval_thresholds : tuple of float
+        Probability thresholds swept on val.
+    eval_batch_size : int
+        Images per forward pass in evaluation.
+    time_budget_min : float or None
+        Stop (with a checkpoint) before this many minutes have passed; None: no limit.
+    augment : Augment
+        Augmentation settings.
+    """
+
+    data_dir: str
+    out_dir: str
+    train_split: str = "train"
+    val_split: str = "val"
+    split_dir: str = "idx_427"
+    layout: str = "spatial"
+    crop_px: int = 256
+    batch_size: int = 16
+    epochs: int = 300
+    epoch_repeats: int = 1
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 5.0
+    min_lr_ratio: float = 0.01
+    loss: str = "softiou+bce"
+    bce_weight: float = 0.5
+    grad_clip_norm: float = 0.0
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    num_workers: int = 4
+    eval_every: int = 5
+    eval_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    eval_batch_size: int = 8
+    time_budget_min: float | None = None
+    augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> TrainError:
+            return TrainError(f"train config {name}: expected {expected}, got {getattr(self, name)!r}")
+
+        if self.layout not in ("spatial", "official"):
+            raise bad("layout", "'spatial' or 'official'")
+        if self.crop_px <= 0 or self.crop_px % 64:
+            raise bad("crop_px", "a positive multiple of 64")
+        for name in ("batch_size", "epochs", "epoch_repeats", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        if self.num_workers < 0:
+            raise bad("num_workers", "an integer >= 0")
+        if self.optimizer not in ("adamw", "adagrad"):
+            raise bad("optimizer", "'adamw' or 'adagrad'")
+        if self.schedule not in ("cosine", "constant"):
+            raise bad("schedule", "'cosine' or 'constant'")
+        if self.loss not in LOSSES:
+            raise bad("loss", f"one of {LOSSES}")
+        if not self.lr > 0:
+            raise bad("lr", "a positive number")
+        if not self.eval_thresholds or not all(0 < t < 1 for t in self.eval_thresholds):
+            raise bad("eval_thresholds", "probabilities in (0, 1)")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise bad("time_budget_min", "a positive number of minutes or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able form (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TrainError(f"train config: unknown fields {unknown}")
+        kwargs = dict(raw)
+        if isinstance(kwargs.get("augment"), dict):
+            aug = dict(kwargs["augment"])
+            if "scale_range" in aug:
+                aug["scale_range"] = tuple(aug["scale_range"])
+            kwargs["augment"] = Augment(**aug)
+        if "eval_thresholds" in kwargs:
+            kwargs["eval_thresholds"] = tuple(kwargs["eval_thresholds"])
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given.
+
+    Raises
+    ------
+    TrainError
+        If CUDA is asked for and is not available.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device: expected an available device, got {device!r} but CUDA is not available")
+    return dev
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean the same here
+        raise TrainError(f"checkpoint {path}: expected a file written by irscan train, got {type(err).__name__}: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise TrainError(f"checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, got {got!r}")
+    return ckpt
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices and kernels only (not norms, biases, A_logs, Ds)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if p.ndim <= 1 or leaf in ("A_logs", "Ds") or name.endswith("relative_pos"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+    return torch.optim.Adagrad(groups, lr=cfg.lr)
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch))) if cfg.schedule == "cosine" else 0
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def build_model(layout: str) -> nn.Module:
+    """A freshly initialised MiM with the given token layout."""
+    from mim_model.network import MiM
+
+    return MiM(layout=layout)
+
+
+def evaluate_split(
+    model: nn.Module,
+    split: SirstSplit,
+    *,
+    device: torch.device,
+    thresholds: tuple[float, ...],
+    amp: bool = True,
+    batch_size: int = 8,
+) -> ThresholdSweep:
+    """Run ``model`` on every image of ``split`` at native size and sweep the thresholds."""
+    images01 = [img.astype(np.float32) / 255.0 for img in split.images]
+    probs = predict_probs(model, images01, device=device, amp=amp, batch_size=batch_size)
+    sweep = ThresholdSweep(thresholds)
+    for prob, mask in zip(probs, split.masks, strict=True):
+        sweep.update(prob, mask)
+    return sweep
+
+
+def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("iou", "niou", "pd", "fa", "n_targets", "n_matched")
+    return {k: metrics[k] for k in keys}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(config: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
+    """Train (or continue training) a MiM model; see the module docstring.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    resume : bool
+        Continue from ``out_dir/last.pt`` when it exists; False starts afresh and
+        overwrites the run directory's checkpoints and metrics log.
+
+    Returns
+    -------
+    dict
+        ``epochs_done``, ``epochs``, ``finished`` (all epochs done), ``stopped_by_budget``,
+        ``best`` (epoch, threshold, val metrics or None), ``last_checkpoint``,
+        ``best_checkpoint``, ``seconds``.
+
+    Raises
+    ------
+    DatasetError
+        Bad data directory, split file, image or mask.
+    TrainError
+        Bad config, unusable device, or a checkpoint that cannot be resumed.
+    """
+    t_start = time.monotonic()
+    cfg = config
+    budget_s = cfg.time_budget_min * 60.0 if cfg.time_budget_min is not None else math.inf
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path, metrics_path = out_dir / LAST, out_dir / BEST, out_dir / METRICS
+
+    train_split = SirstSplit.load(cfg.data_dir, cfg.train_split, cfg.split_dir)
+    val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
+    if cfg.batch_size > len(train_split) * cfg.epoch_repeats:
+        raise TrainError(
+            f"train config batch_size: expected at most the {len(train_split) * cfg.epoch_repeats} crops "
+            f"of an epoch, got {cfg.batch_size}"
+        )
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.layout).to(device)
+    optimizer = _make_optimizer(model, cfg)
+    sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats)
+    loader = torch.utils.data.DataLoader(
+        TrainCrops(train_split, cfg.crop_px, cfg.augment),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
+    loss_fn = make_loss(cfg.loss, cfg.bce_weight)
+
+    start_epoch, global_step, best, elapsed_before = 0, 0, None, 0.0
+    if resume and last_path.exists():
+        ckpt = _load_checkpoint(last_path)
+        old = ckpt["config"]
+        if old.get("layout") != cfg.layout:
+            raise TrainError(
+                f"checkpoint {last_path}: expected layout {cfg.layout!r} as configured, got {old.get('layout')!r}; "
+                "use another --out or --no-resume"
+            )
+        changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in _RESUME_FREE_FIELDS and old.get(k) != v}
+        if changed:
+            log.warning("resuming %s with changed settings (old, new): %s", last_path, changed)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
+        best, elapsed_before = ckpt.get("best"), float(ckpt.get("elapsed_s", 0.0))
+        log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, global_step)
+    else:
+        if last_path.exists():
+            log.warning("not resuming: starting afresh in %s, overwriting its checkpoints", out_dir)
+        metrics_path.write_text("")
+        for p in (last_path, best_path):
+            p.unlink(missing_ok=True)
+
+    log.info(
+        "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s",
+        cfg.layout, cfg.data_dir, len(train_split), split_summary(train_split), len(val_split),
+        steps_per_epoch, start_epoch + 1, cfg.epochs, device,
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    epoch_times: list[float] = []
+    eval_times: list[float] = []
+    stopped_by_budget = False
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        eval_due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        spent = time.monotonic() - t_start
+        expected = (max(epoch_times) if epoch_times else 0.0) + (max(eval_times) if eval_due and eval_times else 0.0)
+        if spent + 1.1 * expected + 5.0 > budget_s:
+            stopped_by_budget = True
+            break
+        t_epoch = time.monotonic()
+        model.train()
+        sampler.set_epoch(epoch)
+        loss_sum, n_steps, aborted = torch.zeros((), device=device), 0, False
+        for image01, mask in _progress(loader, epoch, cfg.epochs):
+            if time.monotonic() - t_start > budget_s:
+                aborted = True
+                break
+            image01 = image01.to(device, non_blocking=True)
+            mask = mask.to(device, non_blocking=True)
+            with autocast_for(device, cfg.amp):
+                logits = model(to_model_input(image01))
+            loss = loss_fn(logits, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            n_steps += 1
+            loss_sum += loss.detach()  # no host sync per step: the CPU runs ahead of the GPU
+        if aborted:
+            log.warning("time budget reached during epoch %d: abandoned it, %s holds epoch %d", epoch + 1, last_path, epoch)
+            stopped_by_budget = True
+            break
+        mean_loss = loss_sum.item() / max(1, n_steps)
+        if not math.isfinite(mean_loss):
+            raise TrainError(
+                f"loss: expected finite values, got {mean_loss} in epoch {epoch + 1}; {last_path} holds epoch {epoch} "
+                "(lower --lr or set grad_clip_norm)"
+            )
+        epoch_times.append(time.monotonic() - t_epoch)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "loss": mean_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_s": round(epoch_times[-1], 3),
+            "val": None,
+        }
+        if eval_due:
+            t_eval = time.monotonic()
+            sweep = evaluate_split(
+                model, val_split, device=device, thresholds=cfg.eval_thresholds, amp=cfg.amp, batch_size=cfg.eval_batch_size
+            )
+            threshold, metrics = sweep.best("iou")
+            at_half = sweep.results().get(0.5)
+            eval_times.append(time.monotonic() - t_eval)
+            record["val"] = {"threshold": threshold, **_compact(metrics)}
+            if at_half is not None:
+                record["val_at_0.5"] = _compact(at_half)
+            record["val_s"] = round(eval_times[-1], 3)
+            if best is None or metrics["iou"] > best["val"]["iou"]:
+                best = {"epoch": epoch + 1, "threshold": threshold, "val": _compact(metrics)}
+                _atomic_save(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "model": model.state_dict(),
+                        "epoch": epoch + 1,
+                        "threshold": threshold,
+                        "val": _compact(metrics),
+                        "config": cfg.to_dict(),
+                    },
+                    best_path,
+                )
+        record["seconds"] = round(elapsed_before + time.monotonic() - t_start, 3)
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "global_step": global_step,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                "best": best,
+                "config": cfg.to_dict(),
+                "elapsed_s": elapsed_before + time.monotonic() - t_start,
+            },
+            last_path,
+        )
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        epochs_done = epoch + 1
+        _log_epoch(record, cfg.epochs, best)
+
+    if stopped_by_budget:
+        log.warning(
+            "time budget of %.1f min reached after epoch %d of %d: run the same command again to resume",
+            cfg.time_budget_min or 0.0, epochs_done, cfg.epochs,
+        )
+    return {
+        "epochs_done": epochs_done,
+        "epochs": cfg.epochs,
+        "finished": epochs_done >= cfg.epochs,
+        "stopped_by_budget": stopped_by_budget,
+        "best": best,
+        "last_checkpoint": str(last_path),
+        "best_checkpoint": str(best_path) if best_path.exists() else None,
+        "seconds": round(time.monotonic() - t_start, 3),
+    }
+
+
+def _progress(loader: torch.utils.data.DataLoader, epoch: int, epochs: int):  # noqa: ANN202
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; without it, no bar
+        return loader
+    return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None, dynamic_ncols=True)
+
+
+def _log_epoch(record: dict[str, Any], epochs: int, best: dict[str, Any] | None) -> None:
+    val = record["val"]
+    val_text = (
+        f" | val iou {val['iou']:.4f} niou {val['niou']:.4f} pd {val['pd']:.4f} fa {val['fa']:.2e} @{val['threshold']:.2f}"
+        if val
+        else ""
+    )
+    best_text = f" | best iou {best['val']['iou']:.4f} @ep{best['epoch']}" if best else ""
+    log.info(
+        "epoch %d/%d loss %.4f lr %.2e %.1fs%s%s",
+        record["epoch"], epochs, record["loss"], record["lr"], record["train_s"], val_text, best_text,
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any] | None) -> str:
+    cfg = json.loads(meta["train_config"])
+    val = json.loads(meta["val_metrics"])
+    lines = [
+        f"# Model card: {weights_path.name}",
+        "",
+        "MiM-ISTD (Mamba-in-Mamba, IEEE TGRS 2024), reimplemented in `mim_model`, trained by `irscan train`.",
+        "",
+        "## Use",
+        f"- Input: grey image, {meta['normalization']}; any size (padded with zeros to a square multiple of 64",
+        "  and cropped back; images over 1024 px are tiled).",
+        f"- Output: per-pixel logit; target where sigmoid(logit) > **{meta['threshold']}** (chosen on val).",
+        f"- Token layout: `{meta['layout']}`. Weights: float16 safetensors, loaded as float32.",
+        "",
+        "## Training",
+        f"- Data: {meta['training_data']}",
+        f"- Epochs: best checkpoint at epoch {meta['epoch']} of {cfg['epochs']} "
+        f"(crop {cfg['crop_px']} px, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}, "
+        f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
+        "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
+        f"- Code: git {meta['git_commit']}; created {meta['created']}.",
+        "",
+        "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",
+        "| split | IoU | nIoU | Pd | Fa | images | targets |",
+        "|---|---|---|---|---|---|---|",
+        f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | {val['fa']:.3e} | | {val['n_targets']} |",
+    ]
+    if report:
+        lines.append(
+            f"| {report['split']} (report, exported fp16 weights) | {report['iou']:.4f} | {report['niou']:.4f} | "
+            f"{report['pd']:.4f} | {report['fa']:.3e} | {report['n_images']} | {report['n_targets']} |"
+        )
+    lines += [
+        "",
+        "Metrics: standard IRSTD definitions at native resolution (spec section 5): IoU summed over the",
+        "set, nIoU mean per image, Pd with 8-connected components matched when centroids are < 3 px",
+        "apart, Fa = unmatched predicted pixels / all pixels. The checkpoint and the threshold were",
+        "chosen on val only; the test split was not used for any choice.",
+        "",
+        "## Licence and data",
+        "The SIRST data (Dai et al., \"Asymmetric Contextual Modulation for Infrared Small Target",
+        "Detection\", WACV 2021) is for research use with citation; none of it is in this package.",
+        "The weights were trained on it: cite that paper and MiM-ISTD (Chen et al., IEEE TGRS 2024).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export(
+    best_checkpoint: str | Path,
+    weights_path: str | Path,
+    *,
+    card: bool = True,
+    report_split: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Write a training checkpoint's model as float16 safetensors, with a model card.
+
+    Parameters
+    ----------
+    best_checkpoint : path
+        ``best.pt`` (or ``last.pt``) from :func:`train`.
+    weights_path : path
+        Output ``.safetensors`` file; the card goes beside it with suffix ``.md``.
+    card : bool
+        Write the model card.
+    report_split : str, optional
+        After export, evaluate the exported weights on this split (e.g. ``"test"``) with
+        the stored threshold and put the result in the card. It chooses nothing.
+    device : str
+        Device for the report evaluation.
+
+    Returns
+    -------
+    dict
+        ``weights``, ``card`` (path or None), ``metadata`` and ``report`` (or None).
+
+    Raises
+    ------
+    TrainError
+        If the checkpoint cannot be read.
+    WeightsError
+        If the weights cannot be written.
+    """
+    from mim_model.weights import save_safetensors
+
+    ckpt_path = Path(best_checkpoint)
+    if not ckpt_path.is_file():
+        raise TrainError(f"checkpoint {ckpt_path}: expected a best.pt written by irscan train, got none there")
+    ckpt = _load_checkpoint(ckpt_path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = build_model(cfg.layout)
+    model.load_state_dict(ckpt["model"])
+    if "threshold" in ckpt:
+        threshold, val = float(ckpt["threshold"]), ckpt["val"]
+    elif ckpt.get("best"):
+        raise TrainError(f"checkpoint {ckpt_path}: expected best.pt (holds the chosen threshold), got last.pt")
+    else:
+        raise TrainError(f"checkpoint {ckpt_path}: expected a checkpoint with a val threshold, got none")
+    meta = {
+        "format": "irscan-mim-weights-v1",
+        "layout": cfg.layout,
+        "threshold": f"{threshold:.4f}",
+        "normalization": NORMALISATION,
+        "training_data": (
+            f"SIRST (Dai et al., WACV 2021), split {cfg.split_dir}/{cfg.train_split}; "
+            f"checkpoint and threshold chosen on {cfg.split_dir}/{cfg.val_split}"
+        ),
+        "val_metrics": json.dumps(val),
+        "epoch": str(ckpt["epoch"]),
+        "git_commit": _git_commit(),
+        "train_config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    weights_path = Path(weights_path)
+    try:
+        save_safetensors(model, weights_path, metadata=meta, dtype=torch.float16)
+    except OSError as err:
+        raise WeightsError(f"weights {weights_path}: expected a writable path, got {type(err).__name__}: {err}") from err
+    report = None
+    if report_split is not None:
+        from mim_model.training.evaluate import evaluate
+
+        report = evaluate(cfg.data_dir, report_split, weights=weights_path, device=device, split_dir=cfg.split_dir)
+        report["split"] = report_split
+    card_path = None
+    if card:
+        card_path = weights_path.with_suffix(".md")
+        card_path.write_text(_model_card(meta, weights_path, report))
+    log.info("exported %s (epoch %s, threshold %s) to %s", ckpt_path, ckpt["epoch"], meta["threshold"], weights_path)
+    return {"weights": str(weights_path), "card": str(card_path) if card_path else None, "metadata": meta, "report": report}
