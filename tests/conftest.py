@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 
 # The project's shared data lives beside the repository: <repo>/../shared/data
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -76,9 +78,12 @@ def make_scene(tmp_path: Path) -> MakeScene:
         if nodata is not None:
             kwargs["nodata"] = nodata
         kwargs.update(profile)
-        with rasterio.open(path, "w", **kwargs) as ds:
-            for b in range(1, count + 1):
-                ds.write(arr, b)
+        with warnings.catch_warnings():
+            # a scene without georeference is a case under test, not a mistake here
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path, "w", **kwargs) as ds:
+                for b in range(1, count + 1):
+                    ds.write(arr, b)
         return path
 
     return make
