@@ -353,7 +353,7 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- training
 
 
-def train(config: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
+def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int | None = None) -> dict[str, Any]:
     """Train (or continue training) a MiM model; see the module docstring.
 
     Parameters
@@ -362,6 +362,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
     resume : bool
         Continue from ``out_dir/last.pt`` when it exists; False starts afresh and
         overwrites the run directory's checkpoints and metrics log.
+    max_epochs_this_run : int, optional
+        Stop (resumably) after this many epochs in this call, whatever the budget.
 
     Returns
     -------
@@ -459,6 +461,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
         expected = (max(epoch_times) if epoch_times else 0.0) + (max(eval_times) if eval_due and eval_times else 0.0)
         if spent + 1.1 * expected + 5.0 > budget_s:
             stopped_by_budget = True
+            break
+        if max_epochs_this_run is not None and epoch - start_epoch >= max_epochs_this_run:
             break
         t_epoch = time.monotonic()
         model.train()

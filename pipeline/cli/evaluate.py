@@ -1,0 +1,26 @@
+"""``irscan evaluate DATA_DIR --split test``: IoU, nIoU, Pd and Fa of weights on a split, as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("evaluate")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Split name under --split-dir, or a .txt path.")
+@click.option("--split-dir", default="idx_427", show_default=True, help="Folder of split files under DATA_DIR.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Safetensors weights. [packaged default]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
+@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per forward pass.")
+def command(data_dir: Path, split: str, split_dir: str, weights: Path | None, device: str,
+            threshold: float | None, batch_size: int) -> None:
+    """Score weights on DATA_DIR's split at native resolution; print the metrics as JSON."""
+    from mim_model.training.evaluate import evaluate
+
+    result = evaluate(data_dir, split, weights=weights, device=device, threshold=threshold,
+                      split_dir=split_dir, batch_size=batch_size)
+    click.echo(json.dumps(result, indent=2))

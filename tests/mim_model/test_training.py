@@ -1,0 +1,240 @@
+"""Training pieces: data errors, augmentation, loss, tiling, a tiny CPU training run with resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mim_model.training.data import (
+    Augment,
+    DatasetError,
+    EpochSampler,
+    SirstSplit,
+    augment_sample,
+    load_grey01,
+    read_split,
+)
+from mim_model.training.inference import axis_tiles, padded_side, predict_probs
+from mim_model.training.loss import make_loss, soft_iou_loss
+from mim_model.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+from mim_model.training.train import TrainConfig, TrainError, export, train
+
+SIRST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sirst"
+needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason="SIRST data not found at ../shared/data/sirst")
+
+TRAIN_IDS = ("Misc_181", "Misc_366", "Misc_418", "Misc_189")
+VAL_IDS = ("Misc_13", "Misc_325")
+
+
+def write_sirst_crops(root: Path, splits: dict[str, tuple[str, ...]], hw: tuple[int, int]) -> Path:
+    """A SIRST-layout folder of real SIRST images cropped to (H, W) around their first target."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "idx_427").mkdir()
+    h, w = hw
+    for name, ids in splits.items():
+        for image_id in ids:
+            img = np.asarray(Image.open(SIRST / "images" / f"{image_id}.png").convert("L"))
+            mask = np.asarray(Image.open(SIRST / "masks" / f"{image_id}_pixels0.png").convert("L"))
+            rows, cols = np.nonzero(mask > 127)
+            r0 = int(np.clip(rows[0] - h // 2, 0, img.shape[0] - h))
+            c0 = int(np.clip(cols[0] - w // 2, 0, img.shape[1] - w))
+            Image.fromarray(img[r0 : r0 + h, c0 : c0 + w]).save(root / "images" / f"{image_id}.png")
+            Image.fromarray(mask[r0 : r0 + h, c0 : c0 + w]).save(root / "masks" / f"{image_id}_pixels0.png")
+        (root / "idx_427" / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_sirst(tmp_path: Path) -> Path:
+    if not (SIRST / "images").is_dir():
+        pytest.skip("SIRST data not found at ../shared/data/sirst")
+    return write_sirst_crops(tmp_path / "sirst", {"train": TRAIN_IDS, "val": VAL_IDS}, (64, 64))
+
+
+# --------------------------------------------------------------------------- data errors
+
+
+def test_missing_and_empty_split_files(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="data directory"):
+        read_split(tmp_path / "nowhere", "train")
+    (tmp_path / "idx_427").mkdir()
+    with pytest.raises(DatasetError, match=r"train\.txt.*got none there"):
+        read_split(tmp_path, "train")
+    (tmp_path / "idx_427" / "test.txt").write_text("\n  \n")
+    with pytest.raises(DatasetError, match=r"test\.txt: expected at least one image id, got an empty file"):
+        read_split(tmp_path, "test")
+
+
+@needs_sirst
+def test_mask_of_another_size_names_file_and_sizes(tiny_sirst: Path) -> None:
+    Image.fromarray(np.zeros((50, 70), np.uint8)).save(tiny_sirst / "masks" / "Misc_13_pixels0.png")
+    with pytest.raises(DatasetError) as info:
+        SirstSplit.load(tiny_sirst, "val")
+    msg = str(info.value)
+    assert "Misc_13_pixels0.png" in msg and "(64, 64)" in msg and "(50, 70)" in msg
+    assert "\n" not in msg
+
+
+@needs_sirst
+def test_unreadable_and_missing_images(tiny_sirst: Path) -> None:
+    (tiny_sirst / "images" / "Misc_325.png").write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match=r"Misc_325\.png: expected an image PIL can read"):
+        SirstSplit.load(tiny_sirst, "val")
+    (tiny_sirst / "images" / "Misc_325.png").unlink()
+    with pytest.raises(DatasetError, match=r"Misc_325\.png: expected an image file, got none there"):
+        SirstSplit.load(tiny_sirst, "val")
+
+
+def test_load_grey01_stretches_16_bit(tmp_path: Path) -> None:
+    arr = np.array([[1000, 3000], [2000, 5000]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    out = load_grey01(tmp_path / "x.png")
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+
+
+# --------------------------------------------------------------------------- augmentation and loss
+
+
+def test_augment_shapes_padding_and_target_crops() -> None:
+    rng = np.random.default_rng(0)
+    img = np.full((40, 300), 200, np.uint8)
+    mask = np.zeros((40, 300), bool)
+    mask[20:22, 250:252] = True
+    aug = Augment(scale_range=(1.0, 1.0), p_target_crop=1.0, flips=False, brightness=0, contrast=0, p_blur=0)
+    for _ in range(20):
+        x, y = augment_sample(img, mask, 64, aug, rng)
+        assert x.shape == y.shape == (64, 64) and x.dtype == y.dtype == np.float32
+        assert y.sum() == 4  # the target is always inside the crop
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        assert (x == 0).sum() == 64 * (64 - 40)  # rows past the 40-px image are zero padding
+    x, y = augment_sample(img, mask, 64, Augment(), rng)
+    assert x.shape == (64, 64) and 0 <= x.min() and x.max() <= 1
+
+
+def test_epoch_sampler_is_deterministic_per_epoch() -> None:
+    s = EpochSampler(10, seed=3, repeats=2)
+    s.set_epoch(4)
+    a = list(s)
+    assert len(a) == len(s) == 20 and sorted(i for i, _ in a) == sorted(list(range(10)) * 2)
+    assert list(s) == a
+    s.set_epoch(5)
+    assert list(s) != a
+
+
+def test_soft_iou_loss_values() -> None:
+    y = torch.zeros(2, 1, 8, 8)
+    y[0, 0, 2:4, 2:4] = 1
+    assert soft_iou_loss(torch.where(y > 0, 30.0, -30.0), y).item() == pytest.approx(0.0, abs=1e-6)
+    # p = 0.5 everywhere: inter 2, sum p 64, sum y 4 -> 1 - 3/(64 + 4 - 2 + 1)
+    assert soft_iou_loss(torch.zeros_like(y), y).item() == pytest.approx(1 - 3 / 67, rel=1e-6)
+    assert make_loss("softiou+bce")(torch.zeros_like(y), y).item() == pytest.approx(1 - 3 / 67 + 0.5 * np.log(2), rel=1e-5)
+
+
+def test_to_model_input_normalisation() -> None:
+    x = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
+    out = to_model_input(x)
+    assert out.shape == (1, 3, 1, 2)
+    for c in range(3):
+        assert out[0, c, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[c] / IMAGENET_STD[c])
+        assert out[0, c, 0, 1].item() == pytest.approx((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+
+
+# --------------------------------------------------------------------------- padding and tiling
+
+
+@pytest.mark.parametrize(("size", "tile", "halo"), [(100, 64, 8), (1000, 512, 64), (513, 512, 64), (64, 64, 8), (30, 64, 8)])
+def test_axis_tiles_partition(size: int, tile: int, halo: int) -> None:
+    tiles = axis_tiles(size, tile, halo)
+    assert tiles[0][1] == 0 and tiles[-1][2] == size
+    for (s, k0, k1), nxt in zip(tiles, tiles[1:] + [None]):
+        assert s <= k0 < k1 <= s + tile
+        if nxt is not None:
+            assert k1 == nxt[1]
+            assert k1 - s >= min(halo, size) and s + tile - k1 >= halo  # cut far from tile edges
+
+
+def test_padded_side() -> None:
+    assert padded_side(96, 135) == 192 and padded_side(64, 64) == 64 and padded_side(1, 1) == 64
+
+
+def test_tiled_prediction_equals_whole_for_a_pointwise_model() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 1, 1)
+    img = np.random.default_rng(0).random((150, 100), dtype=np.float32)
+    whole, = predict_probs(model, [img], device="cpu", max_side_px=1024)
+    tiled, = predict_probs(model, [img], device="cpu", max_side_px=64, tile_px=64, halo_px=8)
+    assert whole.shape == tiled.shape == (150, 100)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- training run
+
+
+def _config(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(
+        data_dir=str(data), out_dir=str(out), crop_px=64, batch_size=2, epochs=2, num_workers=0,
+        eval_every=2, device="cpu", warmup_epochs=0.5, eval_thresholds=(0.3, 0.5, 0.7),
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@needs_sirst
+def test_train_resume_matches_uninterrupted_run(tiny_sirst: Path, tmp_path: Path) -> None:
+    straight = train(_config(tiny_sirst, tmp_path / "a"))
+    assert straight["finished"] and straight["epochs_done"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and all(np.isfinite(r["loss"]) for r in lines)
+    assert lines[0]["val"] is None and set(lines[1]["val"]) >= {"iou", "niou", "pd", "fa", "threshold"}
+    assert straight["best"]["threshold"] in (0.3, 0.5, 0.7)
+
+    first = train(_config(tiny_sirst, tmp_path / "b"), max_epochs_this_run=1)
+    assert not first["finished"] and first["epochs_done"] == 1
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["global_step"] == 2
+    assert saved["optimizer"]["state"][0]["step"].item() == 2  # Adam moments were saved
+    second = train(_config(tiny_sirst, tmp_path / "b"))
+    assert second["finished"] and second["epochs_done"] == 2
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert resumed["global_step"] == 4 and resumed["optimizer"]["state"][0]["step"].item() == 4
+    reference = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    for name, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    # a finished run resumes to nothing and says so
+    again = train(_config(tiny_sirst, tmp_path / "b"))
+    assert again["finished"] and again["epochs_done"] == 2
+
+    # export: float16 safetensors with the val threshold, and a model card
+    from mim_model.weights import load_model, read_metadata
+
+    out = export(tmp_path / "a" / "best.pt", tmp_path / "w" / "m.safetensors")
+    meta = read_metadata(out["weights"])
+    assert float(meta["threshold"]) == straight["best"]["threshold"]
+    assert meta["layout"] == "spatial" and "ImageNet" in meta["normalization"]
+    assert "val" in meta["training_data"] and json.loads(meta["train_config"])["crop_px"] == 64
+    assert (tmp_path / "w" / "m.md").read_text().startswith("# Model card")
+    model = load_model(out["weights"])
+    ref = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
+    for name, value in model.state_dict().items():
+        expected = ref[name].half().float() if ref[name].is_floating_point() else ref[name]
+        torch.testing.assert_close(value, expected, msg=name)
+
+
+@needs_sirst
+def test_resume_refuses_another_layout(tiny_sirst: Path, tmp_path: Path) -> None:
+    train(_config(tiny_sirst, tmp_path / "r", epochs=1, eval_every=1, eval_thresholds=(0.5,)))
+    with pytest.raises(TrainError, match="layout"):
+        train(_config(tiny_sirst, tmp_path / "r", epochs=1, layout="official"))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(TrainError, match="crop_px: expected a positive multiple of 64, got 100"):
+        TrainConfig(data_dir="d", out_dir="o", crop_px=100)
+    cfg = TrainConfig(data_dir="d", out_dir="o")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,121 @@
+"""``irscan train / evaluate / predict`` through click's CliRunner: outputs and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli.main import cli
+
+SIRST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sirst"
+needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason="SIRST data not found at ../shared/data/sirst")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained spatial-layout MiM saved the way `irscan train --export` saves (threshold 0.5)."""
+    import torch
+
+    from mim_model import MiM
+    from mim_model.weights import save_safetensors
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "mim.safetensors"
+    save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5"})
+    return path
+
+
+def one_line_error(result, *needles: str) -> None:  # noqa: ANN001
+    assert result.exit_code != 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("irscan: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def write_data(root: Path, ids: list[str], split: str = "test") -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    (root / "idx_427").mkdir(exist_ok=True)
+    for image_id in ids:
+        for sub, name in (("images", f"{image_id}.png"), ("masks", f"{image_id}_pixels0.png")):
+            (root / sub / name).write_bytes((SIRST / sub / name).read_bytes())
+    (root / "idx_427" / f"{split}.txt").write_text("\n".join(ids))
+    return root
+
+
+@needs_sirst
+def test_predict_writes_masks_of_input_size(tmp_path: Path, weights: Path) -> None:
+    image = SIRST / "images" / "Misc_40.png"  # 135 x 96, not a multiple of 64, not square
+    result = CliRunner().invoke(
+        cli, ["predict", str(image), "--out", str(tmp_path / "o"), "--weights", str(weights), "--prob", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.splitlines()[0])
+    assert (row["height"], row["width"]) == (96, 135)
+    with Image.open(tmp_path / "o" / "Misc_40.png") as im:
+        assert im.size == (135, 96) and im.mode == "L"
+        assert set(np.unique(np.asarray(im))) <= {0, 255}
+    with Image.open(tmp_path / "o" / "Misc_40_prob.tif") as im:
+        prob = np.asarray(im)
+    assert prob.shape == (96, 135) and prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
+
+
+@needs_sirst
+def test_evaluate_prints_metrics_json(tmp_path: Path, weights: Path) -> None:
+    data = write_data(tmp_path / "d", ["Misc_40"])
+    result = CliRunner().invoke(cli, ["evaluate", str(data), "--split", "test", "--weights", str(weights), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {"iou", "niou", "pd", "fa", "threshold"} <= set(out) and out["n_images"] == 1
+    assert out["total_px"] == 135 * 96 and out["threshold"] == 0.5
+
+
+def test_evaluate_empty_split_file(tmp_path: Path, weights: Path) -> None:
+    (tmp_path / "idx_427").mkdir()
+    (tmp_path / "idx_427" / "test.txt").write_text("")
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--split", "test", "--weights", str(weights)])
+    one_line_error(result, "test.txt", "empty")
+
+
+@needs_sirst
+def test_train_mask_of_another_size(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "d", ["Misc_40"], split="train")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "masks" / "Misc_40_pixels0.png")
+    result = CliRunner().invoke(cli, ["train", str(data), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    one_line_error(result, "Misc_40_pixels0.png", "(96, 135)", "(10, 10)")
+
+
+def test_train_bad_crop_size(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--crop-px", "100"])
+    one_line_error(result, "crop_px", "100")
+
+
+def test_predict_unreadable_image(tmp_path: Path, weights: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    result = CliRunner().invoke(cli, ["predict", str(bad), "--out", str(tmp_path / "o"), "--weights", str(weights)])
+    one_line_error(result, "broken.png")
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
+    one_line_error(result, "absent.png")
+
+
+def test_predict_missing_weights(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((70, 90), np.uint8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(
+        cli, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "none.safetensors")]
+    )
+    one_line_error(result, "none.safetensors")
+
+
+def test_export_only_without_checkpoint(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "w.safetensors"), "--export-only"]
+    )
+    one_line_error(result, "best.pt")
