@@ -42,7 +42,7 @@ def test_stretch_and_nodata() -> None:
     pixels = np.array([[0.0, 50.0], [100.0, np.nan]])
     valid = np.array([[True, True], [True, False]])
     grey = stretch_to_uint8(pixels, valid, 0.0, 100.0)
-    assert grey.tolist() == [[0, 128], [255, 0]]
+    assert grey.tolist() == [[0, 127], [255, 0]]
     image = np.asarray(render_quicklook(pixels, valid, (2, 2), []))
     assert tuple(image[1, 1]) == (20, 20, 60)  # nodata drawn dark blue
 
