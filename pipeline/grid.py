@@ -64,7 +64,8 @@ def check_transform(transform: Affine, source: str) -> None:
         raise SceneError(f"{source}: geotransform has non-finite terms ({terms})")
     if b != 0.0 or d != 0.0:
         raise SceneError(
-            f"{source}: rotated or sheared geotransform is not supported ({terms}; expected b=0 d=0);"
+            f"{source}: rotated or sheared geotransform is not supported"
+            f" ({terms}; expected b=0 d=0);"
             " warp it to a north-up grid first, e.g. gdalwarp"
         )
     if a == 0.0 or e == 0.0:

@@ -109,7 +109,9 @@ class NormalizationSpec:
                     f" got min_value={self.min_value}, max_value={self.max_value}"
                 )
         if self.sample_max_px < 16:
-            raise InputError(f"normalization: sample_max_px must be >= 16, got {self.sample_max_px}")
+            raise InputError(
+                f"normalization: sample_max_px must be >= 16, got {self.sample_max_px}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,9 @@ def stats_from_sample(
         assert spec.min_value is not None and spec.max_value is not None
         low, high = float(spec.min_value), float(spec.max_value)
         median = float(np.median(sample)) if sample.size else low
-        return NormalizationStats(low, high, _normalised(median, low, high), "fixed", int(sample.size))
+        return NormalizationStats(
+            low, high, _normalised(median, low, high), "fixed", int(sample.size)
+        )
     if sample.size == 0:
         log.warning("normalization: sample has no valid pixel; using low=0 high=1")
         return NormalizationStats(0.0, 1.0, 0.0, "percentile", 0)
@@ -194,7 +198,9 @@ def stats_from_sample(
     )
     if not high > low:
         log.warning("normalization: scene is constant (%g); it maps to 0", low)
-    return NormalizationStats(low, high, _normalised(median, low, high), "percentile", int(sample.size))
+    return NormalizationStats(
+        low, high, _normalised(median, low, high), "percentile", int(sample.size)
+    )
 
 
 def compute_stats(scene: SceneInfo, spec: NormalizationSpec) -> NormalizationStats:

@@ -90,7 +90,9 @@ def render_quicklook(
         cx, cy = (d.col + 0.5) * sx, (d.row + 0.5) * sy
         extent = max((d.row_max - d.row_min + 1) * sy, (d.col_max - d.col_min + 1) * sx)
         radius = max(6.0, 0.75 * extent)
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), outline=_MARK_RGB, width=2)
+        draw.ellipse(
+            (cx - radius, cy - radius, cx + radius, cy + radius), outline=_MARK_RGB, width=2
+        )
         draw.ellipse((cx - 1, cy - 1, cx + 1, cy + 1), fill=_MARK_RGB)
     return image
 
@@ -129,12 +131,25 @@ def write_quicklook(
         The decimated read fails.
     """
     if not 0.0 <= low_pct < high_pct <= 100.0:
-        raise InputError(f"quicklook: need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
+        raise InputError(
+            f"quicklook: need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}"
+        )
     sample = read_decimated(scene, max_side_px)
     image = render_quicklook(
-        sample.pixels, sample.valid, scene.grid.shape, detections, low_pct=low_pct, high_pct=high_pct
+        sample.pixels,
+        sample.valid,
+        scene.grid.shape,
+        detections,
+        low_pct=low_pct,
+        high_pct=high_pct,
     )
     out = atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
-    log.info("%s: wrote %s (%dx%d, %d detections)", scene.name, out, image.width, image.height,
-             len(detections))
+    log.info(
+        "%s: wrote %s (%dx%d, %d detections)",
+        scene.name,
+        out,
+        image.width,
+        image.height,
+        len(detections),
+    )
     return out

@@ -249,9 +249,7 @@ class SceneReader:
     ) -> None:
         self.close()
 
-    def _finish(
-        self, raw: npt.NDArray[np.generic], mask: npt.NDArray[np.uint8] | None
-    ) -> TileData:
+    def _finish(self, raw: npt.NDArray[np.generic], mask: npt.NDArray[np.uint8] | None) -> TileData:
         pixels = raw.astype(np.float32, copy=False)
         valid = np.ones(raw.shape, dtype=bool) if mask is None else mask > 0
         if self._is_float:
@@ -301,7 +299,8 @@ class SceneReader:
         valid = np.zeros(window.shape, dtype=bool)
         r0, c0 = inner.row_off - window.row_off, inner.col_off - window.col_off
         valid[r0 : r0 + inner.height, c0 : c0 + inner.width] = data.valid[
-            inner.row_off - r_lo : inner.row_stop - r_lo, inner.col_off - c_lo : inner.col_stop - c_lo
+            inner.row_off - r_lo : inner.row_stop - r_lo,
+            inner.col_off - c_lo : inner.col_stop - c_lo,
         ]
         return TileData(pixels, valid)
 
@@ -311,7 +310,9 @@ class SceneReader:
         )
         try:
             raw = self._ds.read(self.scene.band, window=rio_window)
-            mask = None if self._all_valid else self._ds.read_masks(self.scene.band, window=rio_window)
+            mask = (
+                None if self._all_valid else self._ds.read_masks(self.scene.band, window=rio_window)
+            )
         except RasterioIOError as err:
             raise SceneError(f"{self.scene.path}: read of window {window} failed: {err}") from err
         return self._finish(raw, mask)

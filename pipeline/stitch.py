@@ -34,6 +34,7 @@ __all__ = [
     "crop_core",
     "stitch_core",
     "nodata_core",
+    "core_is_nodata",
 ]
 
 MASK_BACKGROUND: Final = 0
@@ -106,7 +107,8 @@ def stitch_core(
     mask = np.where(prob > threshold, MASK_TARGET, MASK_BACKGROUND).astype(np.uint8)
     invalid = ~np.isfinite(prob)
     if valid_tile is not None:
-        invalid |= ~crop_core(tile, np.asarray(valid_tile, dtype=bool))
+        valid_core = np.asarray(crop_core(tile, np.asarray(valid_tile, dtype=bool)), dtype=bool)
+        invalid |= ~valid_core
     if invalid.any():
         prob[invalid] = PROBABILITY_NODATA
         mask[invalid] = MASK_NODATA
@@ -120,3 +122,23 @@ def nodata_core(tile: Tile) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uin
         np.full(shape, PROBABILITY_NODATA, dtype=np.float32),
         np.full(shape, MASK_NODATA, dtype=np.uint8),
     )
+
+
+def core_is_nodata(tile: Tile, valid_tile: npt.ArrayLike) -> bool:
+    """True when no pixel of the tile's *core* is valid: its output is all nodata whatever the
+    model says, so the runner can skip it (not even write: the store's fill is nodata).
+
+    This skips more than :attr:`pipeline.scene.TileData.all_nodata` (which also needs the
+    halo to be empty).
+
+    Parameters
+    ----------
+    tile : Tile
+    valid_tile : array_like of bool, shape (tile_px, tile_px)
+
+    Raises
+    ------
+    InputError
+        ``valid_tile`` does not have the read window's shape.
+    """
+    return not bool(np.any(crop_core(tile, np.asarray(valid_tile, dtype=bool))))

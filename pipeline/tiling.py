@@ -79,14 +79,16 @@ class TilingSpec:
                 raise InputError(f"tiling: {name} must be an integer, got {value!r}")
         if self.tile_px <= 0 or self.tile_px % TILE_MULTIPLE_PX:
             raise InputError(
-                f"tiling: tile_px must be a positive multiple of {TILE_MULTIPLE_PX}, got {self.tile_px}"
+                f"tiling: tile_px must be a positive multiple of {TILE_MULTIPLE_PX},"
+                f" got {self.tile_px}"
             )
         if self.halo_px < 0:
             raise InputError(f"tiling: halo_px must be >= 0, got {self.halo_px}")
         if self.core_px <= 0:
             raise InputError(
                 f"tiling: core_px = tile_px - 2*halo_px must be > 0, got {self.core_px}"
-                f" (tile_px={self.tile_px}, halo_px={self.halo_px}); use halo_px < {self.tile_px // 2}"
+                f" (tile_px={self.tile_px}, halo_px={self.halo_px});"
+                f" use halo_px < {self.tile_px // 2}"
             )
 
     @property
@@ -128,7 +130,7 @@ class Window:
         return (slice(self.row_off, self.row_stop), slice(self.col_off, self.col_stop))
 
     def intersection(self, height_px: int, width_px: int) -> Window:
-        """This window clipped to a ``height_px x width_px`` scene (may be empty: 0 height/width)."""
+        """This window clipped to a ``height_px x width_px`` scene (may be empty: 0 rows/cols)."""
         r0 = min(max(self.row_off, 0), height_px)
         c0 = min(max(self.col_off, 0), width_px)
         r1 = max(min(self.row_stop, height_px), r0)

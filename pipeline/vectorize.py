@@ -248,7 +248,9 @@ def vectorize_chunk(
     margin = margin_px
     while True:
         region = Window(
-            core.row_off - margin, core.col_off - margin, core.height + 2 * margin,
+            core.row_off - margin,
+            core.col_off - margin,
+            core.height + 2 * margin,
             core.width + 2 * margin,
         ).intersection(h, w)
         sl = region.to_slices()
@@ -257,15 +259,25 @@ def vectorize_chunk(
         if not grow:
             break
         margin *= 2
-        log.debug("%s: chunk r%d_c%d: object reaches the margin, margin -> %d px",
-                  st.scene_name, row_idx, col_idx, margin)
+        log.debug(
+            "%s: chunk r%d_c%d: object reaches the margin, margin -> %d px",
+            st.scene_name,
+            row_idx,
+            col_idx,
+            margin,
+        )
     if not found:
         return []
     prob_region = np.asarray(st.probability[sl])
     found, _ = objects_in_region(mask_region, prob_region, region, core, (h, w))
     if margin > 8 * margin_px:
-        log.warning("%s: chunk r%d_c%d: large object, vectorised with a %d px margin",
-                    st.scene_name, row_idx, col_idx, margin)
+        log.warning(
+            "%s: chunk r%d_c%d: large object, vectorised with a %d px margin",
+            st.scene_name,
+            row_idx,
+            col_idx,
+            margin,
+        )
     return sort_detections(found)
 
 

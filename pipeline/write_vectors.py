@@ -31,6 +31,7 @@ row_min ...  int64   inclusive bounding box ``row_min, col_min, row_max, col_max
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
@@ -136,7 +137,9 @@ def detections_frame(
         transformer = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         lon, lat = (np.asarray(v, dtype=np.float64).reshape(n) for v in transformer.transform(x, y))
     else:
-        log.warning("%s: scene has no CRS: detections are in pixel coordinates, without lon/lat", scene)
+        log.warning(
+            "%s: scene has no CRS: detections are in pixel coordinates, without lon/lat", scene
+        )
         lon = np.full(n, np.nan)
         lat = np.full(n, np.nan)
     data = {
@@ -151,8 +154,9 @@ def detections_frame(
     for name in COLUMNS[7:]:
         data[name] = col(name)
     frame = pd.DataFrame({k: data[k] for k in COLUMNS})
-    return gpd.GeoDataFrame(frame, geometry=shapely.points(x, y) if n else gpd.GeoSeries([], crs=crs),
-                            crs=crs)
+    return gpd.GeoDataFrame(
+        frame, geometry=shapely.points(x, y) if n else gpd.GeoSeries([], crs=crs), crs=crs
+    )
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -198,10 +202,16 @@ def _write_geojson(frame: gpd.GeoDataFrame, tmp: Path) -> None:
         )
     else:
         geometry = gpd.GeoSeries([], crs="EPSG:4326")
-    wgs84 = gpd.GeoDataFrame(frame.drop(columns=frame.geometry.name), geometry=geometry.values,
-                             crs="EPSG:4326")
-    wgs84.to_file(tmp, driver="GeoJSON", engine="pyogrio", geometry_type="Point",
-                  layer_options={"RFC7946": "YES", "WRITE_NAME": "NO"})
+    wgs84 = gpd.GeoDataFrame(
+        frame.drop(columns=frame.geometry.name), geometry=geometry.values, crs="EPSG:4326"
+    )
+    wgs84.to_file(
+        tmp,
+        driver="GeoJSON",
+        engine="pyogrio",
+        geometry_type="Point",
+        layer_options={"RFC7946": "YES", "WRITE_NAME": "NO"},
+    )
 
 
 _WRITERS: dict[str, Callable[[gpd.GeoDataFrame, Path], None]] = {
@@ -243,8 +253,9 @@ def write_detections(
     written: dict[str, Path] = {}
     for fmt in formats:
         if fmt not in _WRITERS:
-            raise InputError(f"write_detections: unknown format {fmt!r}, expected one of {list(_WRITERS)}")
-        writer = _WRITERS[fmt]
-        written[fmt] = atomic_write(out / FILENAMES[fmt], lambda tmp, w=writer: w(frame, tmp))
+            raise InputError(
+                f"write_detections: unknown format {fmt!r}, expected one of {list(_WRITERS)}"
+            )
+        written[fmt] = atomic_write(out / FILENAMES[fmt], functools.partial(_WRITERS[fmt], frame))
         log.info("wrote %s (%d rows)", written[fmt], len(frame))
     return written

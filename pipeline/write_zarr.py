@@ -138,8 +138,8 @@ class MaskStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self.group = group
-        attrs = dict(group.attrs)
-        meta = attrs["irscan"]
+        attrs: dict[str, Any] = dict(group.attrs)
+        meta: dict[str, Any] = attrs["irscan"]
         self.grid = SceneGrid(
             int(meta["height_px"]),
             int(meta["width_px"]),
@@ -150,8 +150,8 @@ class MaskStore:
         self.spec = TilingSpec(int(meta["tile_px"]), int(meta["halo_px"]))
         self.scene_name = str(meta["scene"])
         self.threshold = float(meta["threshold"])
-        self.probability: zarr.Array = group["probability"]  # type: ignore[assignment]
-        self.mask: zarr.Array = group["mask"]  # type: ignore[assignment]
+        self.probability: zarr.Array[Any] = group["probability"]  # type: ignore[assignment]
+        self.mask: zarr.Array[Any] = group["mask"]  # type: ignore[assignment]
 
     @property
     def chunk_grid_shape(self) -> tuple[int, int]:
@@ -173,7 +173,9 @@ def _check_compatible(store: MaskStore, grid: SceneGrid, spec: TilingSpec, path:
     if store.grid.shape != grid.shape:
         problems.append(f"shape {store.grid.shape} != {grid.shape}")
     if tuple(store.grid.transform)[:6] != tuple(grid.transform)[:6]:
-        problems.append(f"transform {tuple(store.grid.transform)[:6]} != {tuple(grid.transform)[:6]}")
+        problems.append(
+            f"transform {tuple(store.grid.transform)[:6]} != {tuple(grid.transform)[:6]}"
+        )
     if store.grid.crs_wkt != grid.crs_wkt:
         problems.append("CRS differs")
     if store.spec != spec:
@@ -249,8 +251,12 @@ def create_mask_store(
         dtype="float32",
         fill_value=np.float32("nan"),
         dimension_names=["y", "x"],
-        attributes={**common, "long_name": "target probability", "units": "1",
-                    "valid_range": [0.0, 1.0]},
+        attributes={
+            **common,
+            "long_name": "target probability",
+            "units": "1",
+            "valid_range": [0.0, 1.0],
+        },
     )
     group.create_array(
         "mask",
@@ -259,10 +265,13 @@ def create_mask_store(
         dtype="uint8",
         fill_value=MASK_NODATA,
         dimension_names=["y", "x"],
-        attributes={**common, "long_name": "target mask",
-                    "flag_values": [0, 1, MASK_NODATA],
-                    "flag_meanings": "background target nodata",
-                    "threshold": threshold},
+        attributes={
+            **common,
+            "long_name": "target mask",
+            "flag_values": [0, 1, MASK_NODATA],
+            "flag_meanings": "background target nodata",
+            "threshold": threshold,
+        },
     )
     _write_spatial_ref(group, grid)
     _write_coords(group, grid, core)

@@ -9,7 +9,9 @@ from pipeline.tiling import TilingSpec, tile_at
 from pipeline.write_zarr import open_mask_store
 
 
-def write_tiles(path: str, shape: tuple[int, int], spec: TilingSpec, indices: list[tuple[int, int]]) -> int:
+def write_tiles(
+    path: str, shape: tuple[int, int], spec: TilingSpec, indices: list[tuple[int, int]]
+) -> int:
     """Open the store r+ and write each tile's core with value = row + col index / 100."""
     store = open_mask_store(path, mode="r+")
     for i, j in indices:

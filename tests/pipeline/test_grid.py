@@ -51,7 +51,9 @@ steps = st.floats(0.01, 1000.0).flatmap(lambda v: st.sampled_from([v, -v]))
 
 
 @given(a=steps, e=steps, c=finite, f=finite, row=finite, col=finite)
-def test_map_to_pixel_inverts_pixel_to_map(a: float, e: float, c: float, f: float, row: float, col: float) -> None:
+def test_map_to_pixel_inverts_pixel_to_map(
+    a: float, e: float, c: float, f: float, row: float, col: float
+) -> None:
     t = Affine(a, 0.0, c * 100, 0.0, e, f * 100)
     x, y = pixel_to_map(t, row, col)
     r2, c2 = map_to_pixel(t, x, y)
@@ -64,7 +66,9 @@ def test_map_to_pixel_inverts_pixel_to_map(a: float, e: float, c: float, f: floa
 @given(row_off=st.integers(-600, 60000), col_off=st.integers(-600, 60000))
 def test_window_transform_matches_rasterio(row_off: int, col_off: int) -> None:
     win = rasterio.windows.Window(col_off=col_off, row_off=row_off, width=10, height=10)
-    assert window_transform(UTM, row_off, col_off).almost_equals(rasterio.windows.transform(win, UTM))
+    assert window_transform(UTM, row_off, col_off).almost_equals(
+        rasterio.windows.transform(win, UTM)
+    )
 
 
 def test_window_pixel_centres_agree_with_scene() -> None:
@@ -85,8 +89,11 @@ def test_coordinate_vectors_are_pixel_centres() -> None:
 
 @pytest.mark.parametrize(
     "transform",
-    [Affine(20.0, 1.0, 0.0, 0.0, -20.0, 0.0), Affine(20.0, 0.0, 0.0, 0.5, -20.0, 0.0),
-     Affine.rotation(30) @ Affine.scale(20, -20)],
+    [
+        Affine(20.0, 1.0, 0.0, 0.0, -20.0, 0.0),
+        Affine(20.0, 0.0, 0.0, 0.5, -20.0, 0.0),
+        Affine.rotation(30) @ Affine.scale(20, -20),
+    ],
 )
 def test_rotated_or_sheared_transform_is_refused(transform: Affine) -> None:
     with pytest.raises(SceneError, match=r"scene\.tif: rotated or sheared .* b=") as info:

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.normalize import NormalizationSpec, NormalizationStats, apply, compute_stats, stats_from_sample
+from pipeline.normalize import (
+    NormalizationSpec,
+    NormalizationStats,
+    apply,
+    compute_stats,
+    stats_from_sample,
+)
 from pipeline.scene import open_scene, read_window
 from pipeline.tiling import TilingSpec, Window, plan_tiles
 
@@ -30,11 +36,15 @@ def test_sample_is_decimated_not_whole(make_scene) -> None:
 
 
 def test_fixed_and_none_modes() -> None:
-    fixed = stats_from_sample(np.array([5.0, 10.0]), None, NormalizationSpec("fixed", min_value=0, max_value=100))
+    fixed = stats_from_sample(
+        np.array([5.0, 10.0]), None, NormalizationSpec("fixed", min_value=0, max_value=100)
+    )
     assert (fixed.low, fixed.high, fixed.mode) == (0.0, 100.0, "fixed")
     none = stats_from_sample(np.array([]), None, NormalizationSpec("none"))
     assert (none.low, none.high) == (0.0, 1.0)
-    np.testing.assert_array_equal(apply(np.array([-0.5, 0.25, 2.0]), none), np.float32([0.0, 0.25, 1.0]))
+    np.testing.assert_array_equal(
+        apply(np.array([-0.5, 0.25, 2.0]), none), np.float32([0.0, 0.25, 1.0])
+    )
 
 
 def test_apply_clips_and_fills_nodata() -> None:

@@ -24,8 +24,9 @@ def _is_red(rgb: np.ndarray) -> np.ndarray:
 def test_quicklook_is_decimated_and_marks_detections(make_scene, tmp_path: Path) -> None:
     path = make_scene((600, 450), targets=[(100, 100), (500, 400)])
     scene = open_scene(path)
-    out = write_quicklook(scene, [_det(100, 100), _det(500, 400)], tmp_path / "ql" / "quicklook.png",
-                          max_side_px=200)
+    out = write_quicklook(
+        scene, [_det(100, 100), _det(500, 400)], tmp_path / "ql" / "quicklook.png", max_side_px=200
+    )
     assert sorted(p.name for p in out.parent.iterdir()) == ["quicklook.png"]  # no temp file left
     with Image.open(out) as im:
         assert im.mode == "RGB" and im.size == (150, 200)  # (width, height), long side 200

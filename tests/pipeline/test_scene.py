@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from rasterio.windows import Window as RioWindow
 
 from pipeline.errors import SceneError
-from pipeline.scene import SceneReader, open_scene, read_decimated, read_tile, read_window, scene_name
+from pipeline.scene import (
+    SceneReader,
+    open_scene,
+    read_decimated,
+    read_tile,
+    read_window,
+    scene_name,
+)
 from pipeline.tiling import TilingSpec, Window, plan_tiles
 
 DTYPES = ["uint8", "uint16", "int16", "float32", "float64"]
@@ -50,7 +57,9 @@ def test_tiles_equal_source_and_pad_by_reflection(make_scene, dtype: str) -> Non
             assert got.valid[tile.core_in_tile()].all()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(h=st.integers(1, 9), w=st.integers(1, 9), r0=st.integers(-20, 8), c0=st.integers(-20, 8))
 def test_windows_larger_than_tiny_scenes_mirror_the_whole_scene(
     tiny_scenes: dict[tuple[int, int], Path], h: int, w: int, r0: int, c0: int
@@ -73,9 +82,17 @@ def tiny_scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int
     for h in range(1, 10):
         for w in range(1, 10):
             path = root / f"t{h}x{w}.tif"
-            with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=1,
-                               dtype="uint16", crs="EPSG:32618",
-                               transform=Affine(20.0, 0.0, 0.0, 0.0, -20.0, 0.0)) as ds:
+            with rasterio.open(
+                path,
+                "w",
+                driver="GTiff",
+                height=h,
+                width=w,
+                count=1,
+                dtype="uint16",
+                crs="EPSG:32618",
+                transform=Affine(20.0, 0.0, 0.0, 0.0, -20.0, 0.0),
+            ) as ds:
                 ds.write(_ramp((h, w), "uint16"), 1)
             out[(h, w)] = path
     return out
@@ -146,7 +163,7 @@ def test_vrt_path(make_scene, tmp_path: Path) -> None:
         wkt = ds.crs.to_wkt()
     vrt.write_text(
         f"""<VRTDataset rasterXSize="20" rasterYSize="30">
-  <SRS>{wkt.replace('"', '&quot;')}</SRS>
+  <SRS>{wkt.replace('"', "&quot;")}</SRS>
   <GeoTransform>{gt}</GeoTransform>
   <VRTRasterBand dataType="UInt16" band="1">
     <SimpleSource>
@@ -183,8 +200,12 @@ def test_sentinel2_crop_tile_matches_rasterio(s2_b12: Path) -> None:
     assert tile.tile_id == "r2_c2" and tile.read.intersection(973, 967) == tile.read
     got = read_tile(scene, tile)
     with rasterio.open(s2_b12) as ds:
-        ref = ds.read(1, window=RioWindow(col_off=tile.read.col_off, row_off=tile.read.row_off,
-                                          width=256, height=256))
+        ref = ds.read(
+            1,
+            window=RioWindow(
+                col_off=tile.read.col_off, row_off=tile.read.row_off, width=256, height=256
+            ),
+        )
     np.testing.assert_array_equal(got.pixels, ref.astype(np.float32))
     assert got.valid.all()
 
@@ -223,7 +244,9 @@ def test_not_a_raster(tmp_path: Path) -> None:
 def test_band_out_of_range(make_scene) -> None:
     path = make_scene((8, 8), count=2)
     assert open_scene(path, band=2).band == 2
-    with pytest.raises(SceneError, match=r"scene.tif: band 3 does not exist; the file has 2 band\(s\)"):
+    with pytest.raises(
+        SceneError, match=r"scene.tif: band 3 does not exist; the file has 2 band\(s\)"
+    ):
         open_scene(path, band=3)
     with pytest.raises(SceneError, match="band 0 does not exist"):
         open_scene(path, band=0)
@@ -231,7 +254,9 @@ def test_band_out_of_range(make_scene) -> None:
 
 def test_rotated_transform_is_refused(make_scene) -> None:
     path = make_scene((8, 8), transform=Affine(20.0, 2.0, 435720.0, 1.0, -20.0, 4179460.0))
-    with pytest.raises(SceneError, match=r"scene.tif: rotated or sheared geotransform .*b=2 c=.* d=1"):
+    with pytest.raises(
+        SceneError, match=r"scene.tif: rotated or sheared geotransform .*b=2 c=.* d=1"
+    ):
         open_scene(path)
 
 

@@ -51,7 +51,8 @@ OBJECTS: dict[str, list[tuple[int, int]]] = {
     "four_chunk_corner": [(31, 63), (31, 64), (32, 63), (32, 64)],
     "diagonal_across_corner": [(63, 31), (64, 32)],  # 8-connected only
     "anti_diagonal": [(63, 64), (64, 63)],  # anchor in chunk (1, 2), other pixel in (2, 1)
-    "u_shape": [(5, 40), (6, 40), (7, 40), (8, 40)] + [(8, c) for c in range(20, 40)]
+    "u_shape": [(5, 40), (6, 40), (7, 40), (8, 40)]
+    + [(8, c) for c in range(20, 40)]
     + [(7, 20), (6, 20)],  # anchor (5, 40) in chunk (0, 1); most pixels in chunk (0, 0)
     "long_line": [(80, c) for c in range(2, 60)],  # longer than the margin: region must grow
     "scene_corner": [(99, 89), (98, 89)],
@@ -61,7 +62,12 @@ OBJECTS: dict[str, list[tuple[int, int]]] = {
 def _truth(pixels: list[tuple[int, int]]) -> tuple[float, float, int, tuple[int, int, int, int]]:
     rr = np.array([p[0] for p in pixels], dtype=float)
     cc = np.array([p[1] for p in pixels], dtype=float)
-    return rr.mean(), cc.mean(), len(pixels), (int(rr.min()), int(cc.min()), int(rr.max()), int(cc.max()))
+    return (
+        rr.mean(),
+        cc.mean(),
+        len(pixels),
+        (int(rr.min()), int(cc.min()), int(rr.max()), int(cc.max())),
+    )
 
 
 @pytest.fixture
@@ -88,7 +94,9 @@ def test_each_object_reported_once_with_exact_stats(scene_objects) -> None:
         d = by_bbox[bbox]
         assert (d.row, d.col, d.area_px) == (pytest.approx(row), pytest.approx(col), area), name
         scores = np.array([prob[r, c] for r, c in pixels], dtype=np.float64)
-        assert d.score_max == pytest.approx(scores.max()) and d.score_mean == pytest.approx(scores.mean())
+        assert d.score_max == pytest.approx(scores.max()) and d.score_mean == pytest.approx(
+            scores.mean()
+        )
         anchor = min(pixels)
         assert (d.row_min, d.anchor_col) == anchor
 
@@ -136,8 +144,11 @@ def test_chunk_index_checked(scene_objects) -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(
-    mask=arrays(np.uint8, st.tuples(st.integers(1, 60), st.integers(1, 60)),
-                elements=st.sampled_from([0, 0, 0, 1, 1, MASK_NODATA])),
+    mask=arrays(
+        np.uint8,
+        st.tuples(st.integers(1, 60), st.integers(1, 60)),
+        elements=st.sampled_from([0, 0, 0, 1, 1, MASK_NODATA]),
+    ),
     margin=st.integers(1, 4),
 )
 def test_property_chunked_equals_reference(mask: np.ndarray, margin: int) -> None:

@@ -37,7 +37,10 @@ def test_frame_columns_and_pixel_centre_coordinates() -> None:
     assert (frame.x[0], frame.y[0]) == (435720.0 + 20.5 * 20, 4179460.0 - 10.5 * 20)
     assert (frame.geometry[1].x, frame.geometry[1].y) == (frame.x[1], frame.y[1])
     lon, lat = Transformer.from_crs(32618, 4326, always_xy=True).transform(frame.x[1], frame.y[1])
-    assert (frame.lon[1], frame.lat[1]) == (pytest.approx(lon, abs=1e-12), pytest.approx(lat, abs=1e-12))
+    assert (frame.lon[1], frame.lat[1]) == (
+        pytest.approx(lon, abs=1e-12),
+        pytest.approx(lat, abs=1e-12),
+    )
     assert frame.area_px.dtype == np.int64 and frame.row.dtype == np.float64
 
 
@@ -53,8 +56,13 @@ def test_written_files_read_back_with_same_rows_and_crs(tmp_path: Path) -> None:
             if col == "scene":
                 assert list(back[col]) == ["s2_B12"] * 2
             else:
-                np.testing.assert_allclose(back[col].to_numpy(dtype=float), frame[col].to_numpy(dtype=float),
-                                           rtol=0, atol=1e-9, err_msg=f"{fmt}:{col}")
+                np.testing.assert_allclose(
+                    back[col].to_numpy(dtype=float),
+                    frame[col].to_numpy(dtype=float),
+                    rtol=0,
+                    atol=1e-9,
+                    err_msg=f"{fmt}:{col}",
+                )
         if fmt == "geojson":
             assert back.crs.to_epsg() == 4326
         else:
@@ -69,9 +77,12 @@ def test_geojson_is_rfc7946_wgs84(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     assert "crs" not in doc  # RFC 7946: no CRS member, WGS84 implied
     to_wgs84 = Transformer.from_crs(32618, 4326, always_xy=True)
-    for feature, x, y in zip(doc["features"], frame.x, frame.y):
+    for feature, x, y in zip(doc["features"], frame.x, frame.y, strict=True):
         lon, lat = to_wgs84.transform(x, y)
-        assert feature["geometry"]["coordinates"] == [pytest.approx(lon, abs=1e-7), pytest.approx(lat, abs=1e-7)]
+        assert feature["geometry"]["coordinates"] == [
+            pytest.approx(lon, abs=1e-7),
+            pytest.approx(lat, abs=1e-7),
+        ]
         assert -76 < lon < -75 and 37 < lat < 38  # coast of Virginia
 
 
@@ -103,3 +114,14 @@ def test_scene_without_crs(tmp_path: Path, caplog) -> None:
     (feature,) = json.loads(paths["geojson"].read_text())["features"]
     assert feature["geometry"] is None
     assert (feature["properties"]["x"], feature["properties"]["row"]) == (20.5, 10.0)
+
+
+def test_geographic_scene_lon_lat_equal_x_y(tmp_path: Path) -> None:
+    grid = SceneGrid(
+        100, 100, Affine(0.001, 0.0, 10.0, 0.0, -0.001, 50.0), CRS.from_epsg(4326).to_wkt(), 4326
+    )
+    frame = detections_frame(DETS[:1], grid, "geo")
+    assert frame.lon[0] == pytest.approx(10.0205) and frame.lat[0] == pytest.approx(49.9895)
+    assert (frame.x[0], frame.y[0]) == (pytest.approx(10.0205), pytest.approx(49.9895))
+    doc = json.loads(write_detections(frame, tmp_path, formats=["geojson"])["geojson"].read_text())
+    assert doc["features"][0]["geometry"]["coordinates"] == [10.0205, 49.9895]

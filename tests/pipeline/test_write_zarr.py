@@ -15,8 +15,9 @@ from pipeline.errors import InputError, OutputExistsError
 from pipeline.grid import SceneGrid, pixel_centre_x, pixel_centre_y
 from pipeline.normalize import NormalizationSpec, apply, compute_stats
 from pipeline.scene import SceneReader, open_scene, read_window
-from pipeline.stitch import MASK_NODATA, crop_core, nodata_core, stitch_core
+from pipeline.stitch import MASK_NODATA, core_is_nodata, crop_core, nodata_core, stitch_core
 from pipeline.tiling import TilingSpec, Window, plan_tiles, tile_at
+from pipeline.vectorize import vectorize_chunk
 from pipeline.write_zarr import create_mask_store, open_mask_store, write_core
 
 from . import _zarr_worker
@@ -27,13 +28,13 @@ UTM = Affine(20.0, 0.0, 435720.0, 0.0, -20.0, 4179460.0)
 def _grid(shape: tuple[int, int] = (150, 130)) -> SceneGrid:
     from pyproj import CRS
 
-    return SceneGrid(shape[0], shape[1], UTM, CRS.from_epsg(32618).to_wkt(version="WKT2_2019"), 32618)
+    return SceneGrid(
+        shape[0], shape[1], UTM, CRS.from_epsg(32618).to_wkt(version="WKT2_2019"), 32618
+    )
 
 
 def _chunk_keys(array_dir: Path) -> set[tuple[int, int]]:
-    return {
-        (int(p.parent.name), int(p.name)) for p in (array_dir / "c").glob("*/*") if p.is_file()
-    }
+    return {(int(p.parent.name), int(p.name)) for p in (array_dir / "c").glob("*/*") if p.is_file()}
 
 
 # ------------------------------------------------------------------ stitch (pure)
@@ -85,7 +86,13 @@ def test_round_trip_attributes_and_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.group["y"][:], pixel_centre_y(UTM, 0, 150))
     ref = store.group["spatial_ref"].attrs
     assert ref["crs_wkt"] == grid.crs_wkt and ref["GeoTransform"].split() == [
-        "435720.0", "20.0", "0.0", "4179460.0", "0.0", "-20.0"]
+        "435720.0",
+        "20.0",
+        "0.0",
+        "4179460.0",
+        "0.0",
+        "-20.0",
+    ]
     assert ref["grid_mapping_name"] == "transverse_mercator"
 
 
@@ -146,7 +153,7 @@ def test_identity_model_reproduces_normalised_scene(make_scene, tmp_path: Path) 
     with SceneReader(scene) as reader:
         for tile in plan_tiles(130, 100, spec):
             data_tile = reader.read_tile(tile)
-            if not data_tile.valid[tile.core_in_tile()].any():
+            if core_is_nodata(tile, data_tile.valid):
                 skipped.append(tile.tile_id)  # nothing to keep: the store's fill says nodata
                 continue
             prob = apply(data_tile.pixels, stats)  # identity model
@@ -171,7 +178,9 @@ def test_writers_in_different_processes(tmp_path: Path) -> None:
     halves = [indices[0::2], indices[1::2]]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-        done = list(pool.map(_zarr_worker.write_tiles, [str(path)] * 2, [shape] * 2, [spec] * 2, halves))
+        done = list(
+            pool.map(_zarr_worker.write_tiles, [str(path)] * 2, [shape] * 2, [spec] * 2, halves)
+        )
     assert sum(done) == len(indices)
     prob = open_mask_store(path).probability[:]
     for i, j in indices:
@@ -191,3 +200,21 @@ def test_xarray_places_the_store(tmp_path: Path) -> None:
     assert ds["probability"].rio.crs.to_epsg() == 32618
     assert tuple(ds["probability"].rio.transform(recalc=True))[:6] == tuple(UTM)[:6]
     assert float(ds.x[0]) == 435730.0 and float(ds.y[0]) == 4179450.0
+
+
+def test_40000_square_store_is_metadata_only(tmp_path: Path) -> None:
+    """A 40000 x 40000 scene: creating, writing two tiles and vectorising stays tiny."""
+    shape, spec = (40000, 40000), TilingSpec(512, 64)
+    path = tmp_path / "mask.zarr"
+    store = create_mask_store(path, _grid(shape), spec, scene_name="big")
+    assert store.chunk_grid_shape == (105, 105)
+    prob = np.zeros((512, 512), dtype=np.float32)
+    prob[64:70, 64:70] = 0.9  # 6 x 6 object at the core's upper-left corner
+    for i, j in ((104, 104), (50, 7)):
+        tile = tile_at(*shape, spec, i, j)
+        store.write_core(tile, *stitch_core(tile, prob))
+    (edge,) = vectorize_chunk(store, 104, 104)
+    assert (edge.row_min, edge.col_min, edge.area_px) == (39936, 39936, 36)
+    assert vectorize_chunk(store, 0, 0) == []  # unwritten chunk: fill = nodata
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert size < 2_000_000  # x/y coordinates (compressed) dominate
