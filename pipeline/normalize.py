@@ -15,8 +15,11 @@ Modes (:class:`NormalizationSpec`)
     ``low``/``high`` are the ``low_pct``/``high_pct`` percentiles (default 0.5 % and 99.99 %)
     of the scene's valid pixels. They are computed from a decimated read (long side at most
     ``sample_max_px``, default 2048; GDAL serves it from overviews where the file has them),
-    never from the whole scene, so the cost is bounded whatever the scene size. A high upper
-    percentile keeps small bright targets (a few pixels) from being clipped flat.
+    never from the whole scene into memory, so memory is bounded whatever the scene size. (A
+    file *without* overviews still has its blocks visited once by GDAL to pick the samples,
+    streamed through GDAL's block cache; build overviews, ``gdaladdo``, to make large scenes
+    cheap.) A high upper percentile keeps small bright targets (a few pixels) from being
+    clipped flat.
 ``"fixed"``
     ``low = min_value``, ``high = max_value`` as given (e.g. 0..10000 for Sentinel-2 L1C).
 ``"none"``

@@ -133,3 +133,25 @@ def test_bad_scene_shape_and_index() -> None:
 def test_window_intersection() -> None:
     assert Window(-5, -5, 20, 20).intersection(10, 12) == Window(0, 0, 10, 12)
     assert Window(8, 3, 20, 2).intersection(10, 12) == Window(8, 3, 2, 2)
+
+
+def test_value_types_pickle_for_ray(make_scene) -> None:
+    """Everything the runner ships to workers is plain and picklable."""
+    import pickle
+
+    from pipeline.normalize import NormalizationSpec, NormalizationStats
+    from pipeline.scene import open_scene
+    from pipeline.vectorize import Detection
+
+    scene = open_scene(make_scene((10, 10)))
+    values = [
+        TilingSpec(128, 32),
+        tile_at(300, 200, TilingSpec(128, 32), 1, 2),
+        scene,
+        scene.grid,
+        NormalizationSpec(),
+        NormalizationStats(1.0, 2.0, 0.5),
+        Detection(1.0, 2.0, 3, 0.9, 0.8, 1, 2, 1, 3, 2),
+    ]
+    for value in values:
+        assert pickle.loads(pickle.dumps(value)) == value
