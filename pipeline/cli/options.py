@@ -1,0 +1,102 @@
+"""Options shared by ``irscan scan``, ``plan`` and ``run``, and their conversion to a
+:class:`pipeline.config.ScanConfig`.
+
+=====================  ==========================================================
+option                 meaning
+=====================  ==========================================================
+--tile-px              square tile side fed to the model, multiple of 64
+--halo-px              context margin per side; core = tile - 2*halo is one chunk
+--batch-size           tiles per forward pass
+--band                 1-based band to read
+--norm                 percentile | fixed | none (see pipeline.normalize)
+--norm-low/--norm-high percentiles (percentile) or source values (fixed)
+--device               auto | cpu | cuda
+--gpus-per-actor       GPUs per inference actor, fractional allowed
+--num-actors           inference actors (default: one per GPU share, or 1 on CPU)
+--weights              safetensors weights (default: packaged)
+--threshold            probability threshold (default: stored with the weights)
+--no-amp               fp32 instead of bf16 autocast on GPU
+--ray-address          join this Ray cluster (default: RAY_ADDRESS, else a local Ray)
+--overwrite            replace existing outputs
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipeline.config import RayOptions, ScanConfig
+from pipeline.infer import InferenceSpec
+from pipeline.normalize import NormalizationSpec
+from pipeline.tiling import TilingSpec
+
+__all__ = ["scan_options", "config_from_options", "SCAN_OPTION_NAMES"]
+
+_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option("--tile-px", type=int, default=512, show_default=True, help="Tile side, multiple of 64."),
+    click.option("--halo-px", type=int, default=64, show_default=True, help="Halo per side (core = tile - 2*halo)."),
+    click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward pass."),
+    click.option("--band", type=int, default=1, show_default=True, help="1-based band to read."),
+    click.option("--norm", "norm_mode", type=click.Choice(["percentile", "fixed", "none"]), default="percentile",
+                 show_default=True, help="Scene normalisation to [0, 1]."),
+    click.option("--norm-low", type=float, default=None, help="Low percentile (percentile, default 0.5) or value (fixed)."),
+    click.option("--norm-high", type=float, default=None, help="High percentile (percentile, default 99.99) or value (fixed)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    click.option("--gpus-per-actor", type=float, default=1.0, show_default=True, help="Fractional allowed."),
+    click.option("--num-actors", type=int, default=None, help="Inference actors. [one per GPU share, 1 on CPU]"),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Safetensors weights. [packaged]"),
+    click.option("--threshold", type=float, default=None, help="Probability threshold. [from the weights]"),
+    click.option("--no-amp", is_flag=True, help="Run the network in fp32 on GPU (default bf16 autocast)."),
+    click.option("--ray-address", default=None, help="Ray cluster to join. [RAY_ADDRESS, else local]"),
+    click.option("--max-tiles-in-flight", type=int, default=None, help="Bound on tiles held in memory."),
+    click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+    click.option("--progress/--no-progress", default=None, help="Progress bar. [when stderr is a terminal]"),
+]
+
+SCAN_OPTION_NAMES = (
+    "tile_px", "halo_px", "batch_size", "band", "norm_mode", "norm_low", "norm_high", "device",
+    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "ray_address",
+    "max_tiles_in_flight", "overwrite", "progress",
+)
+
+
+def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def config_from_options(values: dict[str, Any]) -> ScanConfig:
+    """Build a validated ScanConfig from option values (names as in SCAN_OPTION_NAMES)."""
+    mode = values.get("norm_mode", "percentile")
+    low, high = values.get("norm_low"), values.get("norm_high")
+    if mode == "percentile":
+        norm = NormalizationSpec(mode=mode, **({"low_pct": low} if low is not None else {}),
+                                 **({"high_pct": high} if high is not None else {}))
+    elif mode == "fixed":
+        norm = NormalizationSpec(mode=mode, min_value=low, max_value=high)
+    else:
+        norm = NormalizationSpec(mode=mode)
+    return ScanConfig(
+        tiling=TilingSpec(values.get("tile_px", 512), values.get("halo_px", 64)),
+        normalization=norm,
+        inference=InferenceSpec(
+            weights_path=values.get("weights"),
+            device=values.get("device", "auto"),
+            amp=not values.get("no_amp", False),
+            threshold=values.get("threshold"),
+        ),
+        ray=RayOptions(
+            address=values.get("ray_address"),
+            gpus_per_actor=values.get("gpus_per_actor", 1.0),
+            num_actors=values.get("num_actors"),
+            max_tiles_in_flight=values.get("max_tiles_in_flight"),
+        ),
+        band=values.get("band", 1),
+        batch_size=values.get("batch_size", 8),
+        overwrite=values.get("overwrite", False),
+        progress=values.get("progress"),
+    )

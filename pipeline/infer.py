@@ -1,0 +1,125 @@
+"""Tile inference: MiM-ISTD on batches of normalised tiles.
+
+The only module of :mod:`pipeline` that imports the network (and torch). It knows
+nothing of Ray: the runner wraps a :class:`TilePredictor` in an actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from mim_model.ops import scan_backends
+from mim_model.training.evaluate import DEFAULT_THRESHOLD, weights_threshold
+from mim_model.training.inference import autocast_for
+from mim_model.training.preprocess import to_model_input
+from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata, weights_sha256
+from pipeline.errors import InputError
+
+__all__ = ["InferenceSpec", "TilePredictor", "resolve_device", "resolve_threshold", "resolve_weights_path"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """How tiles are run through the network.
+
+    ``weights_path`` None means the packaged weights. ``device`` is ``auto`` (CUDA when
+    torch sees a GPU), ``cpu`` or ``cuda``. ``amp`` runs the network under bf16 autocast on
+    CUDA (the selective scan stays fp32). ``threshold`` None takes the probability
+    threshold stored with the weights. ``torch_threads`` caps CPU threads per actor.
+    """
+
+    weights_path: str | None = None
+    device: str = "auto"
+    amp: bool = True
+    threshold: float | None = None
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise InputError(f"threshold: expected a probability in (0, 1), got {self.threshold}")
+        if self.weights_path is not None and not Path(self.weights_path).is_file():
+            raise InputError(f"weights: file {self.weights_path} does not exist")
+
+
+def resolve_weights_path(spec: InferenceSpec) -> Path:
+    return Path(spec.weights_path) if spec.weights_path else DEFAULT_WEIGHTS_PATH
+
+
+def resolve_threshold(spec: InferenceSpec) -> float:
+    """The decision threshold without loading the network: the spec's, else the one
+    stored with the weights, else 0.5."""
+    if spec.threshold is not None:
+        return spec.threshold
+    path = resolve_weights_path(spec)
+    raw = read_metadata(path).get("threshold", str(DEFAULT_THRESHOLD))
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"{path}: metadata threshold: expected a number, got {raw!r}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device: cuda was asked for but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+class TilePredictor:
+    """Loads the network once; :meth:`predict` maps (B, T, T) tiles in [0, 1] to
+    (B, T, T) float32 target probabilities."""
+
+    def __init__(self, spec: InferenceSpec) -> None:
+        self.spec = spec
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.device = resolve_device(spec.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model = load_model(spec.weights_path, device=self.device)
+        self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
+        self.weights_sha256 = weights_sha256(resolve_weights_path(spec))
+        backends = scan_backends()
+        log.info(
+            "tile predictor on %s (pid %d): layout %s, threshold %.3f, scan backends %s",
+            self.device_name, os.getpid(), self.model.config.layout, self.threshold, backends,
+        )
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+    @torch.inference_mode()
+    def predict(self, tiles01: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """(B, T, T) grey tiles in [0, 1] -> (B, T, T) probabilities (float32, host)."""
+        if tiles01.ndim != 3 or tiles01.shape[1] != tiles01.shape[2]:
+            raise InputError(f"tiles: expected shape (B, T, T), got {tiles01.shape}")
+        batch = torch.from_numpy(np.ascontiguousarray(tiles01, dtype=np.float32))[:, None]
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = to_model_input(batch)
+        with autocast_for(self.device, self.spec.amp):
+            logits = self.model(x)
+        return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+
+    def timed_predict(self, tiles01: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float32], float]:
+        start = time.perf_counter()
+        probs = self.predict(tiles01)
+        return probs, time.perf_counter() - start

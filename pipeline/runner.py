@@ -1,0 +1,602 @@
+"""Run scans on Ray: read tiles in CPU tasks, infer in an actor pool, write chunks, vectorise.
+
+The only module of :mod:`pipeline` that imports ``ray``.
+
+Flow (all scenes of a run share one actor pool, so the GPUs do not idle between scenes)::
+
+    driver: validate scenes, normalisation stats (tasks), create mask.zarr, plan tiles
+      -> read task per tile (CPU, ``read_cpus``): window + halo, normalise, nodata mask
+      -> all-nodata tiles stop here (recorded "skipped"; their chunk keeps the nodata fill)
+      -> InferenceActor.process(batch): MiM on the batch (GPU, bf16 autocast, scan in fp32),
+         crop each core, threshold, write exactly its chunk of probability and mask
+      -> when a scene's tiles are all finished: vectorise tasks over chunk groups
+      -> driver writes detections.{parquet,gpkg,geojson}, quicklook.png, report.json
+
+Host memory is bounded by ``max_tiles_in_flight`` (tiles read but not yet written), never by
+scene size. Each finished tile is appended to the scene's ledger, which makes runs resumable.
+A failing tile is retried alone up to ``tile_retries`` times, then recorded as failed: its
+chunk is written as nodata and the run reports it (never a silent hole). An actor that dies
+(node lost) is replaced and its tiles are requeued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+from tqdm import tqdm
+
+from pipeline.config import ScanConfig
+from pipeline.errors import InputError, OutputExistsError
+from mim_model.weights import weights_sha256
+from pipeline.infer import InferenceSpec, TilePredictor, resolve_threshold, resolve_weights_path
+from pipeline.ledger import STATE_DIR, TileLedger
+from pipeline.normalize import NormalizationSpec, NormalizationStats, compute_stats
+from pipeline.scene import SceneInfo, SceneReader, open_scene
+from pipeline.stitch import MASK_TARGET, core_is_nodata, nodata_core, stitch_core
+from pipeline.tiling import Tile, plan_tiles
+from pipeline.vectorize import Detection, sort_detections, vectorize_chunks
+from pipeline.write_vectors import detections_frame, write_detections
+from pipeline.write_zarr import MASK_ZARR, create_mask_store, open_mask_store, write_core
+
+__all__ = ["run_scans", "SceneResult", "connect_ray", "prepare_scene_dirs"]
+
+log = logging.getLogger(__name__)
+
+ACTOR_CALLS_IN_FLIGHT = 2  # per actor: one computing while the previous one writes
+VECTORIZE_CHUNKS_PER_TASK = 64
+
+
+# ---------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class TileJob:
+    """A tile of one scene, as sent to tasks and actors (small and picklable)."""
+
+    scene_idx: int
+    tile: Tile
+    store_path: str
+    threshold: float
+    attempt: int = 0
+
+
+@dataclass
+class SceneRun:
+    """Driver-side state of one scene during a run."""
+
+    info: SceneInfo
+    out_dir: Path
+    tiles: list[Tile]
+    ledger: TileLedger
+    stats: NormalizationStats | None = None
+    store_path: str = ""
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resumed_tiles: int = 0
+    read_s: float = 0.0
+    infer_s: float = 0.0
+    write_s: float = 0.0
+    vectorize_s: float = 0.0
+    first_start: float | None = None
+    last_finish: float | None = None
+    vectorize_refs: list[Any] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == len(self.tiles)
+
+    def counts(self) -> dict[str, int]:
+        out = {"total": len(self.tiles), "done": 0, "skipped": 0, "failed": 0}
+        for record in self.finished.values():
+            out[record["status"]] += 1
+        out["resumed"] = self.resumed_tiles
+        return out
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What a finished scene reports back to the caller (and into report.json)."""
+
+    scene: str
+    out_dir: Path
+    detections: int
+    tiles: dict[str, int]
+    failed_tiles: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- remote work
+_READERS: dict[tuple[str, int], SceneReader] = {}  # per worker process: one open dataset per scene
+
+
+def _reader(scene: SceneInfo) -> SceneReader:
+    key = (scene.path, scene.band)
+    if key not in _READERS:
+        if len(_READERS) >= 8:
+            _READERS.pop(next(iter(_READERS))).close()
+        _READERS[key] = SceneReader(scene)
+    return _READERS[key]
+
+
+@ray.remote(num_returns=2, max_retries=2, retry_exceptions=[OSError])
+def _read_tile(scene: SceneInfo, tile: Tile, stats: NormalizationStats) -> tuple[dict, Any]:
+    """Read one tile (window + halo), normalise it. Returns (meta, payload).
+
+    payload is (tile01 float32 (T, T), valid bool (T, T)), or None when the tile's core has
+    no valid pixel (its chunk keeps the store's nodata fill).
+    """
+    start = time.perf_counter()
+    data = _reader(scene).read_tile(tile)
+    if core_is_nodata(tile, data.valid):
+        return {"all_nodata": True, "read_s": time.perf_counter() - start}, None
+    tile01 = stats.apply(data.pixels)
+    return {"all_nodata": False, "read_s": time.perf_counter() - start}, (tile01, data.valid)
+
+
+@ray.remote
+def _scene_stats(scene: SceneInfo, spec: NormalizationSpec) -> NormalizationStats:
+    return compute_stats(scene, spec)
+
+
+@ray.remote
+def _vectorize(store_path: str, chunk_indices: list[tuple[int, int]]) -> tuple[list[Detection], float]:
+    start = time.perf_counter()
+    found = vectorize_chunks(store_path, chunk_indices)
+    return found, time.perf_counter() - start
+
+
+class InferenceActor:
+    """Holds one MiM replica; runs batches and writes each tile's core chunk.
+
+    Runs with ``max_concurrency=2``: while one call writes its chunks, the next one computes.
+    A lock keeps one batch on the device at a time.
+    """
+
+    def __init__(self, spec: InferenceSpec) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.predictor = TilePredictor(spec)
+        self._device_lock = threading.Lock()
+        self._stores_lock = threading.Lock()
+        self._stores: dict[str, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "device": self.predictor.device_name,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "threshold": self.predictor.threshold,
+            "weights_sha256": self.predictor.weights_sha256,
+        }
+
+    def _store(self, path: str):
+        with self._stores_lock:
+            if path not in self._stores:
+                self._stores[path] = open_mask_store(path, mode="r+")
+            return self._stores[path]
+
+    def process(self, jobs: list[TileJob], *payloads: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+        if os.environ.get("IRSCAN_FAIL_TILES"):  # test hook: tile ids that must fail
+            bad = set(os.environ["IRSCAN_FAIL_TILES"].split(","))
+            hit = [j.tile.tile_id for j in jobs if f"{Path(j.store_path).parent.name}/{j.tile.tile_id}" in bad]
+            if hit:
+                raise RuntimeError(f"injected failure for tiles {hit}")
+        tiles01 = np.stack([p[0] for p in payloads])
+        with self._device_lock:
+            probs, infer_s = self.predictor.timed_predict(tiles01)
+        start = time.perf_counter()
+        results = []
+        for job, prob, (_, valid) in zip(jobs, probs, payloads, strict=True):
+            prob_core, mask_core = stitch_core(job.tile, prob, valid, threshold=job.threshold)
+            write_core(self._store(job.store_path), job.tile, prob_core, mask_core)
+            results.append({"target_px": int(np.count_nonzero(mask_core == MASK_TARGET))})
+        return {"results": results, "infer_s": infer_s, "write_s": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------------- ray set-up
+def connect_ray(config: ScanConfig) -> bool:
+    """Join ``--ray-address``/``RAY_ADDRESS``, or start a local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("IRSCAN_")}}
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return False
+    log.info("starting a local Ray (dashboard %s)", "on 127.0.0.1" if config.ray.dashboard else "off")
+    ray.init(
+        num_cpus=config.ray.num_cpus,
+        include_dashboard=config.ray.dashboard,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    return True
+
+
+def _actor_layout(config: ScanConfig) -> tuple[int, float, float]:
+    """(number of actors, GPUs each, CPUs each) from the cluster's resources."""
+    resources = ray.cluster_resources()
+    total_gpus = float(resources.get("GPU", 0.0))
+    wants_cpu = config.inference.device == "cpu"
+    if config.inference.device == "cuda" and total_gpus == 0:
+        raise InputError("device: cuda was asked for but the Ray cluster has no GPU")
+    if total_gpus > 0 and not wants_cpu:
+        per = config.ray.gpus_per_actor
+        count = config.ray.num_actors or max(1, int(total_gpus / per + 1e-9))
+        return count, per, config.ray.cpus_per_actor
+    count = config.ray.num_actors or 1
+    return count, 0.0, config.ray.cpus_per_actor
+
+
+# ---------------------------------------------------------------------------- preparation
+def prepare_scene_dirs(
+    scene_paths: list[str], out_dir: Path, config: ScanConfig, *, resume: bool
+) -> list[SceneRun]:
+    """Validate every scene first (fail before any work), then lay out each output folder.
+
+    ``resume`` False: an existing output folder is an error unless ``overwrite`` (then it is
+    removed). ``resume`` True: a folder from the same configuration is continued.
+    """
+    infos = [open_scene(p, band=config.band) for p in scene_paths]
+    names = [i.name for i in infos]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"scenes: two inputs share the file stem {dupes[0]!r}; outputs are named by stem")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for info in infos:
+        scene_dir = out_dir / info.name
+        if scene_dir.exists() and not resume:
+            if not config.overwrite:
+                raise OutputExistsError(f"{scene_dir}: output exists; pass --overwrite to replace it")
+            shutil.rmtree(scene_dir)
+        tiles = plan_tiles(info.grid.height_px, info.grid.width_px, config.tiling)
+        runs.append(SceneRun(info=info, out_dir=scene_dir, tiles=tiles, ledger=TileLedger(scene_dir)))
+    return runs
+
+
+def _fingerprint_path(run: SceneRun) -> Path:
+    return run.out_dir / STATE_DIR / "fingerprint.json"
+
+
+def _open_or_create_store(run: SceneRun, config: ScanConfig, threshold: float, fingerprint: str) -> None:
+    store_path = run.out_dir / MASK_ZARR
+    fp_file = _fingerprint_path(run)
+    if store_path.exists() and fp_file.exists():
+        previous = json.loads(fp_file.read_text())
+        if previous.get("fingerprint") != fingerprint:
+            raise OutputExistsError(
+                f"{run.out_dir}: output exists from another configuration "
+                f"(fingerprint {previous.get('fingerprint')} != {fingerprint}); pass --overwrite"
+            )
+        open_mask_store(store_path, mode="r+")
+        run.finished = {
+            tid: rec for tid, rec in run.ledger.load().items() if rec.get("status") in ("done", "skipped")
+        }
+        run.resumed_tiles = len(run.finished)
+        log.info("%s: resuming, %d of %d tiles already finished", run.info.name, len(run.finished), len(run.tiles))
+    else:
+        if run.out_dir.exists():
+            shutil.rmtree(run.out_dir)  # a half-created folder from a run that died early
+        create_mask_store(store_path, run.info.grid, config.tiling, scene_name=run.info.name, threshold=threshold)
+        fp_file.parent.mkdir(parents=True, exist_ok=True)
+        fp_file.write_text(json.dumps({"fingerprint": fingerprint, "config": config.to_dict()}, indent=1, default=str))
+    run.store_path = str(store_path)
+
+
+# ---------------------------------------------------------------------------- the run
+class _Scheduler:
+    """Driver loop: bounded reads, batched actor calls, retries, per-scene completion."""
+
+    def __init__(self, runs: list[SceneRun], config: ScanConfig, threshold: float) -> None:
+        self.runs = runs
+        self.config = config
+        self.threshold = threshold
+        count, gpus, cpus = _actor_layout(config)
+        self.actor_options = {"num_gpus": gpus, "num_cpus": cpus, "max_concurrency": ACTOR_CALLS_IN_FLIGHT}
+        spec = config.inference
+        if gpus == 0 and spec.torch_threads is None:
+            spec = InferenceSpec(**{**spec.__dict__, "torch_threads": max(1, int(cpus))})
+        self.inference_spec = spec
+        self.actors = [self._new_actor() for _ in range(count)]
+        self.devices = ray.get([a.describe.remote() for a in self.actors])
+        log.info("%d inference actor(s): %s", count, ", ".join(d["device"] for d in self.devices))
+        self.actor_load = {a: 0 for a in self.actors}
+        batch = config.batch_size
+        self.max_in_flight = config.ray.max_tiles_in_flight or max(2 * batch, 4 * batch * count)
+        self.pending: deque[TileJob] = deque()
+        self.solo: deque[tuple[TileJob, Any]] = deque()  # retried tiles, run one per call
+        self.ready: deque[tuple[TileJob, Any]] = deque()
+        self.reads: dict[Any, tuple[TileJob, Any]] = {}
+        self.batches: dict[Any, tuple[Any, list[TileJob], list[Any]]] = {}
+        self.errors: dict[tuple[int, str], str] = {}
+
+    def _new_actor(self):
+        return ray.remote(InferenceActor).options(**self.actor_options).remote(self.inference_spec)
+
+    # -- bookkeeping
+    def _finish(self, job: TileJob, status: str, **extra: Any) -> None:
+        run = self.runs[job.scene_idx]
+        record = {"tile": job.tile.tile_id, "status": status, "attempts": job.attempt + 1, **extra}
+        run.finished[job.tile.tile_id] = record
+        run.ledger.append([record])
+        run.last_finish = time.time()
+        self.progress.update(1)
+
+    def _fail_or_retry(self, job: TileJob, payload_ref: Any, error: str) -> None:
+        if job.attempt < self.config.tile_retries:
+            log.warning("tile %s/%s failed (attempt %d): %s; retrying alone",
+                        self.runs[job.scene_idx].info.name, job.tile.tile_id, job.attempt + 1, error)
+            retry = TileJob(job.scene_idx, job.tile, job.store_path, job.threshold, job.attempt + 1)
+            if payload_ref is None:
+                self.pending.appendleft(retry)
+            else:
+                self.solo.append((retry, payload_ref))
+            return
+        log.error("tile %s/%s failed after %d attempts: %s",
+                  self.runs[job.scene_idx].info.name, job.tile.tile_id, job.attempt + 1, error)
+        prob, mask = nodata_core(job.tile)
+        write_core(open_mask_store(job.store_path, mode="r+"), job.tile, prob, mask)
+        self._finish(job, "failed", error=error[:500])
+
+    # -- submission
+    def _submit_reads(self) -> None:
+        in_batches = sum(len(jobs) for _, jobs, _ in self.batches.values())
+        while self.pending and len(self.reads) + len(self.ready) + in_batches < self.max_in_flight:
+            job = self.pending.popleft()
+            run = self.runs[job.scene_idx]
+            if run.first_start is None:
+                run.first_start = time.time()
+            meta_ref, payload_ref = _read_tile.options(num_cpus=self.config.ray.read_cpus).remote(
+                run.info, job.tile, run.stats
+            )
+            self.reads[meta_ref] = (job, payload_ref)
+
+    def _free_actor(self):
+        actor = min(self.actor_load, key=self.actor_load.get)
+        return actor if self.actor_load[actor] < ACTOR_CALLS_IN_FLIGHT else None
+
+    def _submit_batches(self) -> None:
+        batch = self.config.batch_size
+        while True:
+            actor = self._free_actor()
+            if actor is None:
+                return
+            drain = not self.pending and not self.reads
+            if self.solo:
+                group = [self.solo.popleft()]
+            elif len(self.ready) >= batch or (self.ready and drain):
+                group = [self.ready.popleft() for _ in range(min(batch, len(self.ready)))]
+            else:
+                return
+            jobs = [g[0] for g in group]
+            refs = [g[1] for g in group]
+            result_ref = actor.process.remote(jobs, *refs)
+            self.batches[result_ref] = (actor, jobs, refs)
+            self.actor_load[actor] += 1
+
+    # -- completion
+    def _on_read(self, meta_ref: Any) -> None:
+        job, payload_ref = self.reads.pop(meta_ref)
+        try:
+            meta = ray.get(meta_ref)
+        except RayError as exc:
+            self._fail_or_retry(job, None, f"read failed: {_short(exc)}")
+            return
+        self.runs[job.scene_idx].read_s += meta["read_s"]
+        if meta["all_nodata"]:
+            self._finish(job, "skipped", reason="all nodata")
+        else:
+            self.ready.append((job, payload_ref))
+
+    def _on_batch(self, result_ref: Any) -> None:
+        actor, jobs, refs = self.batches.pop(result_ref)
+        try:
+            out = ray.get(result_ref)
+        except RayActorError as exc:
+            log.error("inference actor died (%s); replacing it and requeueing %d tiles", _short(exc), len(jobs))
+            self._replace_actor(actor)
+            for job, ref in zip(jobs, refs, strict=True):
+                self.ready.appendleft((job, ref))
+            return
+        except RayTaskError as exc:
+            self.actor_load[actor] -= 1
+            for job, ref in zip(jobs, refs, strict=True):
+                self._fail_or_retry(job, ref, _short(exc))
+            return
+        self.actor_load[actor] -= 1
+        share = 1.0 / len(jobs)
+        for job, result in zip(jobs, out["results"], strict=True):
+            run = self.runs[job.scene_idx]
+            run.infer_s += out["infer_s"] * share
+            run.write_s += out["write_s"] * share
+            self._finish(job, "done", target_px=result["target_px"])
+
+    def _replace_actor(self, dead: Any) -> None:
+        if dead not in self.actor_load:
+            return  # already replaced (it had several calls in flight)
+        self.actor_load.pop(dead)
+        self.actors = [a for a in self.actors if a is not dead]
+        try:
+            ray.kill(dead)
+        except RayError:
+            pass
+        fresh = self._new_actor()
+        self.actors.append(fresh)
+        self.actor_load[fresh] = 0
+
+    def _start_vectorize(self, run: SceneRun) -> None:
+        n_rows = -(-run.info.grid.height_px // self.config.tiling.core_px)
+        n_cols = -(-run.info.grid.width_px // self.config.tiling.core_px)
+        chunks = [(i, j) for i in range(n_rows) for j in range(n_cols)]
+        for k in range(0, len(chunks), VECTORIZE_CHUNKS_PER_TASK):
+            run.vectorize_refs.append(_vectorize.remote(run.store_path, chunks[k : k + VECTORIZE_CHUNKS_PER_TASK]))
+
+    def run(self) -> None:
+        for idx, run in enumerate(self.runs):
+            for tile in run.tiles:
+                if tile.tile_id not in run.finished:
+                    self.pending.append(TileJob(idx, tile, run.store_path, self.threshold))
+        total = sum(len(r.tiles) for r in self.runs)
+        already = sum(len(r.finished) for r in self.runs)
+        show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()
+        self.progress = tqdm(total=total, initial=already, unit="tile", disable=not show, file=sys.stderr)
+        try:
+            self._loop()
+        finally:
+            self.progress.close()
+
+    def _loop(self) -> None:
+        while True:
+            for run in self.runs:
+                if run.complete and not run.vectorize_refs and not run.done:
+                    self._start_vectorize(run)
+            self._submit_reads()
+            self._submit_batches()
+            vec_refs = [ref for r in self.runs for ref in r.vectorize_refs if not r.done]
+            waiting = list(self.reads) + list(self.batches) + vec_refs
+            if not waiting:
+                if all(r.done for r in self.runs):
+                    return
+                continue
+            done_refs, _ = ray.wait(waiting, num_returns=1, timeout=5.0, fetch_local=False)
+            for ref in done_refs:
+                if ref in self.reads:
+                    self._on_read(ref)
+                elif ref in self.batches:
+                    self._on_batch(ref)
+            self._collect_vectorized()
+
+    def _collect_vectorized(self) -> None:
+        for run in self.runs:
+            if run.done or not run.vectorize_refs:
+                continue
+            ready, _ = ray.wait(run.vectorize_refs, num_returns=len(run.vectorize_refs), timeout=0)
+            if len(ready) < len(run.vectorize_refs):
+                continue
+            for found, seconds in ray.get(run.vectorize_refs):
+                run.detections.extend(found)
+                run.vectorize_s += seconds
+            run.detections = sort_detections(run.detections)
+            run.vectorize_refs = []
+            run.done = True
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- outputs
+def _write_scene_outputs(
+    run: SceneRun, config: ScanConfig, devices: list[dict], wall_s: float, weights_sha: str
+) -> SceneResult:
+    from pipeline.quicklook import write_quicklook
+
+    start = time.perf_counter()
+    frame = detections_frame(run.detections, run.info.grid, run.info.name)
+    paths = write_detections(frame, run.out_dir)
+    write_quicklook(run.info, run.detections, run.out_dir / "quicklook.png")
+    output_s = time.perf_counter() - start
+    counts = run.counts()
+    failed = [
+        {"tile": tid, "error": rec.get("error", "")} for tid, rec in sorted(run.finished.items())
+        if rec["status"] == "failed"
+    ]
+    grid = run.info.grid
+    scene_wall = (run.last_finish or time.time()) - (run.first_start or time.time())
+    mpx = grid.height_px * grid.width_px / 1e6
+    report = {
+        "scene": run.info.name,
+        "path": run.info.path,
+        "band": run.info.band,
+        "dtype": run.info.dtype,
+        "height_px": grid.height_px,
+        "width_px": grid.width_px,
+        "crs_wkt": grid.crs_wkt,
+        "epsg": grid.epsg,
+        "transform": list(grid.transform)[:6],
+        "tiles": counts,
+        "failed_tiles": failed,
+        "detections": len(run.detections),
+        "normalization": run.stats.to_dict() if run.stats else None,
+        "seconds": {
+            "read_total": round(run.read_s, 3),
+            "infer_total": round(run.infer_s, 3),
+            "write_total": round(run.write_s, 3),
+            "vectorize_total": round(run.vectorize_s, 3),
+            "outputs": round(output_s, 3),
+            "scene_wall": round(scene_wall, 3),
+            "run_wall": round(wall_s, 3),
+        },
+        "mpx": round(mpx, 3),
+        "mpx_per_s": round(mpx / scene_wall, 3) if scene_wall > 0 else None,
+        "devices": devices,
+        "weights_sha256": weights_sha,
+        "config": config.to_dict(),
+        "outputs": {k: str(v) for k, v in paths.items()} | {"mask": str(run.store_path)},
+        "versions": _versions(),
+    }
+    tmp = run.out_dir / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    os.replace(tmp, run.out_dir / "report.json")
+    return SceneResult(run.info.name, run.out_dir, len(run.detections), counts, failed, report)
+
+
+def _versions() -> dict[str, str]:
+    import rasterio
+    import torch
+    import zarr
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        irscan = version("irscan")
+    except PackageNotFoundError:
+        irscan = "unknown"
+    return {"irscan": irscan, "ray": ray.__version__, "torch": torch.__version__,
+            "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "zarr": zarr.__version__}
+
+
+def run_scans(
+    scene_paths: list[str], out_dir: str | os.PathLike[str], config: ScanConfig, *, resume: bool = False
+) -> list[SceneResult]:
+    """Scan scenes into ``out_dir/<scene stem>/``; see the module docstring.
+
+    Raises :class:`pipeline.errors.IrscanError` subclasses for user mistakes, before any
+    work is started.
+    """
+    wall_start = time.time()
+    out = Path(out_dir)
+    runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
+    threshold = resolve_threshold(config.inference)
+    weights_sha = weights_sha256(resolve_weights_path(config.inference))
+    fingerprint = config.output_fingerprint(weights_sha)
+    for run in runs:
+        _open_or_create_store(run, config, threshold, fingerprint)
+    started = connect_ray(config)
+    try:
+        stats = ray.get([_scene_stats.remote(r.info, config.normalization) for r in runs])
+        for run, scene_stats in zip(runs, stats, strict=True):
+            run.stats = scene_stats
+        scheduler = _Scheduler(runs, config, threshold)
+        scheduler.run()
+        wall_s = time.time() - wall_start
+        return [_write_scene_outputs(r, config, scheduler.devices, wall_s, weights_sha) for r in runs]
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,37 @@
+"""Whole-model checks on a CUDA GPU with mamba_ssm's selective scan (marker `gpu`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mim_model.ops import scan_backends
+
+from . import gpu_checks
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+    pytest.mark.skipif(
+        not scan_backends().get("cuda", {}).get("available", False), reason="mamba_ssm CUDA scan not importable"
+    ),
+]
+
+
+def test_golden_logits_with_the_cuda_scan():
+    errors = gpu_checks.golden_on_gpu("cuda")
+    assert all(v < 1e-4 for v in errors.values()), errors
+
+
+def test_cuda_model_matches_reference_outputs_and_gradients():
+    result = gpu_checks.cuda_vs_reference_model()
+    assert result["logits_rel_l2"] < 1e-4, result
+    assert result["grad_rel_l2_median"] < 1e-3, result
+
+
+@pytest.mark.skipif(gpu_checks.sirst_dir() is None, reason="SIRST data not available")
+def test_bf16_autocast_matches_fp32_on_real_images():
+    result = gpu_checks.bf16_vs_fp32_on_sirst()
+    assert result["logits_rel_l2"] < 0.05, result
+    if result["mask_pixels_fp32"] > 0:
+        assert result["mask_agreement_iou"] > 0.9, result
