@@ -1,0 +1,679 @@
+"""Job files: a YAML description of a batch scan, validated, and its plan (no GPU, no Ray).
+
+A job file (``irscan run JOB.yaml``, ``irscan plan JOB.yaml``)::
+
+    name: nightly-ir            # optional; default: the job file's stem
+    inputs:                     # required, non-empty list
+      - scenes/*.tif            # a path or a glob (``**`` recurses); relative to this file
+      - /data/extra/T18SVG.tif
+      - https://example.com/cog.tif    # http(s) -> /vsicurl/..., s3:// -> /vsis3/...
+      - stac: items.json        # a STAC ItemCollection (GeoJSON FeatureCollection) ...
+        asset: B12              # ... and the asset of each item to scan
+    output: out/nightly         # required: the output folder (relative to this file)
+    scan:                       # optional: every ``irscan scan`` option, '-' -> '_'
+      tile_px: 512
+      halo_px: 64
+      gpus_per_actor: 0.5
+    postprocess:                # optional, both default true (pipeline.postprocess)
+      overviews: true           # max-pooled overview levels in mask.zarr
+      statistics: true          # pixel counts and a histogram in report.json
+
+The file is read with ``yaml.safe_load`` only (no tags, no code), and nothing in it is ever
+executed or imported. Unknown keys, wrong types, missing required keys, a glob matching no
+file, a missing file, a STAC file that is not an ItemCollection or an item without the asset
+raise :class:`pipeline.errors.JobSpecError` with one line naming the job file, the key path
+(``scan.tile_px``, ``inputs[2].asset``), the expected and the actual value.
+
+Relative paths (inputs, STAC files, ``output``, ``scan.weights``) resolve against the job
+file's folder, so a job runs the same from any working directory. STAC asset hrefs resolve
+against the STAC file's folder when relative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]
+
+from pipeline.errors import InputError, JobSpecError
+
+__all__ = [
+    "JOB_KEYS",
+    "POSTPROCESS_KEYS",
+    "JobPlan",
+    "JobSpec",
+    "SceneWork",
+    "StacInput",
+    "expand_inputs",
+    "gdal_path",
+    "load_job",
+    "parse_job",
+    "plan_job",
+]
+
+log = logging.getLogger(__name__)
+
+JOB_KEYS = ("name", "inputs", "output", "scan", "postprocess")
+POSTPROCESS_KEYS = ("overviews", "statistics")
+_REQUIRED_KEYS = ("inputs", "output")
+_GLOB_MAGIC = re.compile(r"[*?\[]")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+# scan option -> (accepted python types, description for messages, allowed values or None)
+_NUMBER = (int, float)
+_SCAN_TYPES: dict[str, tuple[tuple[type, ...], str, tuple[Any, ...] | None]] = {
+    "tile_px": ((int,), "an integer", None),
+    "halo_px": ((int,), "an integer", None),
+    "batch_size": ((int,), "an integer", None),
+    "band": ((int,), "an integer", None),
+    "norm_mode": ((str,), "one of percentile, fixed, none", ("percentile", "fixed", "none")),
+    "norm_low": (_NUMBER, "a number or null", None),
+    "norm_high": (_NUMBER, "a number or null", None),
+    "device": ((str,), "one of auto, cpu, cuda", ("auto", "cpu", "cuda")),
+    "gpus_per_actor": (_NUMBER, "a number", None),
+    "num_actors": ((int,), "an integer or null", None),
+    "weights": ((str,), "a path or null", None),
+    "threshold": (_NUMBER, "a number or null", None),
+    "no_amp": ((bool,), "true or false", None),
+    "ray_address": ((str,), "a string or null", None),
+    "max_tiles_in_flight": ((int,), "an integer or null", None),
+    "overwrite": ((bool,), "true or false", None),
+    "progress": ((bool,), "true, false or null", None),
+}
+_NULLABLE = {
+    "norm_low", "norm_high", "num_actors", "weights", "threshold", "ray_address",
+    "max_tiles_in_flight", "progress",
+}
+# words in the messages of the config classes -> the scan key they are about
+_MESSAGE_ALIASES = {
+    "low_pct": "norm_low",
+    "min_value": "norm_low",
+    "high_pct": "norm_high",
+    "max_value": "norm_high",
+    "core_px": "halo_px",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StacInput:
+    """A STAC ItemCollection input: scan asset ``asset`` of every item in ``path``.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the ItemCollection JSON file.
+    asset : str
+        Asset key, e.g. ``"B12"`` or ``"lwir11"``.
+    """
+
+    path: str
+    asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated job file.
+
+    Attributes
+    ----------
+    source : str
+        Absolute path of the job file.
+    name : str
+        Job name (``name:``, default the file stem); letters, digits, ``.``, ``_``, ``-``.
+    inputs : tuple of (str or StacInput)
+        The ``inputs:`` entries, with local paths and globs made absolute and URLs turned
+        into GDAL ``/vsi...`` paths; expanded by :func:`expand_inputs`.
+    output : str
+        Absolute output folder.
+    scan : tuple of (str, value) pairs
+        The ``scan:`` mapping as given, with ``weights`` made absolute (sorted by key).
+    config : pipeline.config.ScanConfig
+        ``scan`` converted by :func:`pipeline.cli.options.config_from_options`.
+    overviews, statistics : bool
+        ``postprocess:`` switches (default true): after the scan, write overview levels into
+        each ``mask.zarr`` and add statistics to each ``report.json``
+        (:mod:`pipeline.postprocess`).
+    """
+
+    source: str
+    name: str
+    inputs: tuple[str | StacInput, ...]
+    output: str
+    scan: tuple[tuple[str, Any], ...]
+    config: Any  # pipeline.config.ScanConfig (not imported at module level: it pulls in torch)
+    overviews: bool = True
+    statistics: bool = True
+
+    @property
+    def scan_options(self) -> dict[str, Any]:
+        """The ``scan:`` mapping as a dict (option name -> value)."""
+        return dict(self.scan)
+
+    def with_overwrite(self, overwrite: bool = True) -> JobSpec:
+        """This job with ``scan.overwrite`` set (the ``--overwrite`` flag of ``irscan run``)."""
+        from pipeline.cli.options import config_from_options
+
+        options = {**self.scan_options, "overwrite": overwrite}
+        return dataclasses.replace(
+            self, scan=tuple(sorted(options.items())), config=config_from_options(options)
+        )
+
+
+# ------------------------------------------------------------------------------- helpers
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _err(source: str, key: str, expected: str, value: Any) -> JobSpecError:
+    return JobSpecError(f"{source}: {key}: expected {expected}, got {_show(value)} ({_type_name(value)})")
+
+
+def gdal_path(href: str) -> str:
+    """A GDAL-readable path for a URL: ``http(s)://`` -> ``/vsicurl/``, ``s3://`` -> ``/vsis3/``.
+
+    ``gs://`` -> ``/vsigs/``, ``az://`` -> ``/vsiaz/``, ``file://`` -> the local path; other
+    strings (local paths, ``/vsi...`` paths) are returned unchanged.
+    """
+    lower = href.lower()
+    if lower.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    for scheme, prefix in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
+        if lower.startswith(scheme):
+            return prefix + href[len(scheme) :]
+    if lower.startswith("file://"):
+        return href[len("file://") :]
+    return href
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith("/vsi") or "://" in path
+
+
+def _resolve_local(path: str, base: Path) -> str:
+    p = Path(os.path.expanduser(path))
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+# ------------------------------------------------------------------------------- parsing
+def _parse_inputs(value: Any, source: str, base: Path) -> tuple[str | StacInput, ...]:
+    expected = "a non-empty list of paths, globs or {stac: FILE, asset: KEY} mappings"
+    if not isinstance(value, list) or not value:
+        raise _err(source, "inputs", expected, value)
+    entries: list[str | StacInput] = []
+    for i, item in enumerate(value):
+        key = f"inputs[{i}]"
+        if isinstance(item, str) and item.strip():
+            text = item.strip()
+            entries.append(gdal_path(text) if _is_remote(text) else _resolve_local(text, base))
+        elif isinstance(item, Mapping):
+            unknown = sorted(set(item) - {"stac", "asset"})
+            if unknown:
+                raise JobSpecError(
+                    f"{source}: {key}.{unknown[0]}: unknown key; expected only stac and asset"
+                )
+            for sub in ("stac", "asset"):
+                if sub not in item:
+                    raise JobSpecError(f"{source}: {key}.{sub}: required key is missing")
+                if not isinstance(item[sub], str) or not item[sub].strip():
+                    raise _err(source, f"{key}.{sub}", "a non-empty string", item[sub])
+            stac = str(item["stac"]).strip()
+            if _is_remote(stac):
+                raise _err(source, f"{key}.stac", "a local ItemCollection JSON file", stac)
+            entries.append(StacInput(_resolve_local(stac, base), str(item["asset"]).strip()))
+        else:
+            raise _err(source, key, "a path/glob string or a {stac, asset} mapping", item)
+    return tuple(entries)
+
+
+def _parse_scan(value: Any, source: str, base: Path) -> dict[str, Any]:
+    from pipeline.cli.options import SCAN_OPTION_NAMES
+
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _err(source, "scan", "a mapping of scan options", value)
+    options: dict[str, Any] = {}
+    for raw_key, option in value.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in SCAN_OPTION_NAMES or key not in _SCAN_TYPES:
+            raise JobSpecError(
+                f"{source}: scan.{raw_key}: unknown scan option; expected one of "
+                + ", ".join(SCAN_OPTION_NAMES)
+            )
+        types, expected, choices = _SCAN_TYPES[key]
+        ok = option is None and key in _NULLABLE
+        if not ok and isinstance(option, types):
+            ok = isinstance(option, bool) == (bool in types)  # YAML true is not 1
+        if ok and choices is not None and option not in choices:
+            ok = False
+        if ok and isinstance(option, float) and not math.isfinite(option):
+            ok = False
+        if not ok:
+            raise _err(source, f"scan.{raw_key}", expected, option)
+        if key == "weights" and option is not None:
+            option = _resolve_local(option, base)
+        if key in ("norm_low", "norm_high", "gpus_per_actor", "threshold") and option is not None:
+            option = float(option)
+        options[key] = option
+    if options.get("norm_mode") == "fixed":
+        for key in ("norm_low", "norm_high"):
+            if options.get(key) is None:
+                raise JobSpecError(
+                    f"{source}: scan.{key}: norm_mode fixed needs norm_low and norm_high"
+                    f" (source values mapped to 0 and 1), got norm_low={options.get('norm_low')},"
+                    f" norm_high={options.get('norm_high')}"
+                )
+    return options
+
+
+def _parse_postprocess(value: Any, source: str) -> dict[str, bool]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _err(source, "postprocess", "a mapping with overviews/statistics", value)
+    out: dict[str, bool] = {}
+    for key, flag in value.items():
+        if key not in POSTPROCESS_KEYS:
+            raise JobSpecError(
+                f"{source}: postprocess.{key}: unknown key; expected only {', '.join(POSTPROCESS_KEYS)}"
+            )
+        if not isinstance(flag, bool):
+            raise _err(source, f"postprocess.{key}", "true or false", flag)
+        out[str(key)] = flag
+    return out
+
+
+def _config_key(message: str) -> str:
+    """The scan key that a config class's error message is about (first one mentioned)."""
+    from pipeline.cli.options import SCAN_OPTION_NAMES
+
+    best: tuple[int, str] | None = None
+    for word in (*SCAN_OPTION_NAMES, *_MESSAGE_ALIASES):
+        m = re.search(rf"\b{re.escape(word)}\b", message)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), _MESSAGE_ALIASES.get(word, word))
+    return f"scan.{best[1]}" if best else "scan"
+
+
+def parse_job(data: Any, source: str | os.PathLike[str]) -> JobSpec:
+    """Validate a job mapping (as loaded from YAML) that came from the file ``source``.
+
+    Parameters
+    ----------
+    data : any
+        The loaded YAML document.
+    source : path-like
+        The job file; relative paths resolve against its folder.
+
+    Returns
+    -------
+    JobSpec
+
+    Raises
+    ------
+    JobSpecError
+        See the module docstring.
+    """
+    src_path = Path(os.path.abspath(source))
+    src = str(src_path)
+    base = src_path.parent
+    if not isinstance(data, Mapping):
+        raise _err(src, "(top level)", "a mapping with keys inputs, output[, name, scan]", data)
+    unknown = [str(k) for k in data if k not in JOB_KEYS]
+    if unknown:
+        raise JobSpecError(
+            f"{src}: {unknown[0]}: unknown key; expected only {', '.join(JOB_KEYS)}"
+            " (scan options go under scan:)"
+        )
+    for key in _REQUIRED_KEYS:
+        if key not in data:
+            raise JobSpecError(f"{src}: {key}: required key is missing")
+    name = data.get("name")
+    if name is None:
+        name = src_path.stem
+    elif not isinstance(name, str) or not _NAME.match(name):
+        raise _err(src, "name", "a string of letters, digits, '.', '_' or '-'", name)
+    output = data["output"]
+    if not isinstance(output, str) or not output.strip():
+        raise _err(src, "output", "a folder path", output)
+    if _is_remote(output.strip()):
+        raise _err(src, "output", "a local or mounted folder (not a URL)", output)
+    inputs = _parse_inputs(data["inputs"], src, base)
+    options = _parse_scan(data.get("scan"), src, base)
+    post = _parse_postprocess(data.get("postprocess"), src)
+
+    from pipeline.cli.options import config_from_options
+
+    try:
+        config = config_from_options(options)
+    except InputError as err:
+        raise JobSpecError(f"{src}: {_config_key(str(err))}: {err}") from err
+    spec = JobSpec(
+        source=src,
+        name=name,
+        inputs=inputs,
+        output=_resolve_local(output.strip(), base),
+        scan=tuple(sorted(options.items())),
+        config=config,
+        **post,
+    )
+    expand_inputs(spec)  # a glob matching nothing or a broken STAC file fails now
+    return spec
+
+
+def load_job(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and validate a job file (``yaml.safe_load`` only).
+
+    Parameters
+    ----------
+    path : path-like
+        The YAML job file.
+
+    Returns
+    -------
+    JobSpec
+
+    Raises
+    ------
+    JobSpecError
+        The file is missing or unreadable, is not YAML, or does not validate (see the module
+        docstring). The message names the file and the key.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobSpecError(f"{p}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise JobSpecError(f"{p}: cannot read the job file ({err})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise JobSpecError(f"{p}: not valid YAML{where}: {problem}") from err
+    return parse_job(data, p)
+
+
+# ------------------------------------------------------------------------------- inputs
+def _stac_hrefs(stac: StacInput, source: str, key: str) -> list[str]:
+    path = Path(stac.path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobSpecError(f"{source}: {key}.stac: file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise JobSpecError(f"{source}: {key}.stac: {path} is not readable JSON ({err})") from err
+    if (
+        not isinstance(doc, dict)
+        or doc.get("type") != "FeatureCollection"
+        or not isinstance(doc.get("features"), list)
+    ):
+        got = doc.get("type") if isinstance(doc, dict) else _type_name(doc)
+        raise JobSpecError(
+            f"{source}: {key}.stac: {path}: expected a STAC ItemCollection"
+            f" (type FeatureCollection with a features list), got type {got!r}"
+        )
+    if not doc["features"]:
+        raise JobSpecError(f"{source}: {key}.stac: {path}: the ItemCollection has no items")
+    hrefs = []
+    for n, item in enumerate(doc["features"]):
+        item_id = item.get("id", f"#{n}") if isinstance(item, dict) else f"#{n}"
+        assets = item.get("assets") if isinstance(item, dict) else None
+        if not isinstance(assets, dict):
+            raise JobSpecError(
+                f"{source}: {key}.stac: {path}: item {item_id!r} (features[{n}]) has no assets mapping"
+            )
+        asset = assets.get(stac.asset)
+        if asset is None:
+            have = ", ".join(sorted(map(str, assets))) or "none"
+            raise JobSpecError(
+                f"{source}: {key}.asset: item {item_id!r} (features[{n}]) of {path} has no asset"
+                f" {stac.asset!r}; it has: {have}"
+            )
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if not isinstance(href, str) or not href:
+            raise JobSpecError(
+                f"{source}: {key}.asset: item {item_id!r} (features[{n}]) of {path}:"
+                f" asset {stac.asset!r} has no href"
+            )
+        if _is_remote(href):
+            hrefs.append(gdal_path(href))
+        else:
+            local = _resolve_local(href, path.parent)
+            if not os.path.exists(local):
+                raise JobSpecError(
+                    f"{source}: {key}.asset: item {item_id!r} (features[{n}]) of {path}:"
+                    f" asset {stac.asset!r} href {href!r} -> {local} does not exist"
+                )
+            hrefs.append(local)
+    return hrefs
+
+
+def expand_inputs(spec: JobSpec) -> list[str]:
+    """The job's scene paths: globs expanded, STAC hrefs resolved; sorted, de-duplicated.
+
+    Returns
+    -------
+    list of str
+        Absolute local paths and GDAL ``/vsi...`` paths.
+
+    Raises
+    ------
+    JobSpecError
+        A glob matches no file, a plain path does not exist, or a STAC input is broken.
+    """
+    found: set[str] = set()
+    for i, entry in enumerate(spec.inputs):
+        key = f"inputs[{i}]"
+        if isinstance(entry, StacInput):
+            found.update(_stac_hrefs(entry, spec.source, key))
+        elif _is_remote(entry):
+            found.add(entry)
+        elif _GLOB_MAGIC.search(entry):
+            matches = [m for m in glob.glob(entry, recursive=True) if os.path.isfile(m)]
+            if not matches:
+                raise JobSpecError(f"{spec.source}: {key}: glob {entry} matches no file")
+            found.update(os.path.normpath(m) for m in matches)
+        else:
+            if not os.path.isfile(entry):
+                raise JobSpecError(f"{spec.source}: {key}: file {entry} does not exist")
+            found.add(entry)
+    return sorted(found)
+
+
+# ------------------------------------------------------------------------------- plan
+@dataclass(frozen=True, slots=True)
+class SceneWork:
+    """One scene of a plan.
+
+    Attributes
+    ----------
+    path, name : str
+        Scene path and file stem (= output subfolder).
+    height_px, width_px : int
+    dtype : str
+    crs : str
+        ``EPSG:n``, ``custom`` (a CRS without an EPSG code) or ``none``.
+    tiles_total, tiles_finished : int
+        Tiles of the plan, and those the ledger of ``OUTPUT/<name>`` records as finished
+        (0 when the job overwrites).
+    """
+
+    path: str
+    name: str
+    height_px: int
+    width_px: int
+    dtype: str
+    crs: str
+    tiles_total: int
+    tiles_finished: int
+
+    @property
+    def tiles_todo(self) -> int:
+        """Tiles a run still has to process."""
+        return self.tiles_total - self.tiles_finished
+
+    @property
+    def mpx(self) -> float:
+        """Scene size in megapixels."""
+        return self.height_px * self.width_px / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (with ``tiles_todo`` and ``mpx``)."""
+        return {
+            "path": self.path,
+            "name": self.name,
+            "height_px": self.height_px,
+            "width_px": self.width_px,
+            "dtype": self.dtype,
+            "crs": self.crs,
+            "tiles_total": self.tiles_total,
+            "tiles_finished": self.tiles_finished,
+            "tiles_todo": self.tiles_todo,
+            "mpx": round(self.mpx, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """The work of a job: its scenes with tile counts."""
+
+    spec: JobSpec
+    scenes: tuple[SceneWork, ...]
+
+    @property
+    def tiles_total(self) -> int:
+        return sum(s.tiles_total for s in self.scenes)
+
+    @property
+    def tiles_finished(self) -> int:
+        return sum(s.tiles_finished for s in self.scenes)
+
+    @property
+    def tiles_todo(self) -> int:
+        return sum(s.tiles_todo for s in self.scenes)
+
+    @property
+    def mpx(self) -> float:
+        return sum(s.mpx for s in self.scenes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: job, output, tiling, scenes and totals."""
+        tiling = self.spec.config.tiling
+        return {
+            "job": self.spec.name,
+            "source": self.spec.source,
+            "output": self.spec.output,
+            "tile_px": tiling.tile_px,
+            "halo_px": tiling.halo_px,
+            "core_px": tiling.core_px,
+            "overwrite": bool(self.spec.config.overwrite),
+            "scenes": [s.to_dict() for s in self.scenes],
+            "totals": {
+                "scenes": len(self.scenes),
+                "tiles_total": self.tiles_total,
+                "tiles_finished": self.tiles_finished,
+                "tiles_todo": self.tiles_todo,
+                "mpx": round(self.mpx, 3),
+            },
+        }
+
+
+def _crs_label(epsg: int | None, crs_wkt: str | None) -> str:
+    if epsg is not None:
+        return f"EPSG:{epsg}"
+    return "custom" if crs_wkt else "none"
+
+
+def _finished_tiles(scene_out: Path, n_rows: int, n_cols: int) -> int:
+    from pipeline.ledger import TileLedger
+    from pipeline.tiling import parse_tile_id
+
+    if not scene_out.is_dir():
+        return 0
+    count = 0
+    for tile_id in TileLedger(scene_out).finished_ids():
+        try:
+            i, j = parse_tile_id(tile_id)
+        except InputError:
+            continue
+        count += 0 <= i < n_rows and 0 <= j < n_cols
+    return count
+
+
+def plan_job(spec: JobSpec) -> JobPlan:
+    """Open every scene (metadata only) and count its tiles and the finished ones.
+
+    No GPU, no Ray, no pixel read. Finished tiles come from
+    ``TileLedger(OUTPUT/<scene stem>).finished_ids()`` when the output exists (and are 0
+    when the job overwrites).
+
+    Returns
+    -------
+    JobPlan
+
+    Raises
+    ------
+    JobSpecError
+        Inputs cannot be expanded (see :func:`expand_inputs`), or two scenes share a file
+        stem (they would write the same output folder).
+    SceneError
+        A scene cannot be opened or validated.
+    """
+    from pipeline.scene import open_scene
+    from pipeline.tiling import tile_grid_shape
+
+    config = spec.config
+    paths = expand_inputs(spec)
+    scenes: list[SceneWork] = []
+    seen: dict[str, str] = {}
+    out = Path(spec.output)
+    for path in paths:
+        info = open_scene(path, band=config.band)
+        if info.name in seen:
+            raise JobSpecError(
+                f"{spec.source}: inputs: {seen[info.name]} and {path} share the file stem"
+                f" {info.name!r}; outputs are named by stem, so rename one"
+            )
+        seen[info.name] = path
+        n_rows, n_cols = tile_grid_shape(info.grid.height_px, info.grid.width_px, config.tiling)
+        finished = 0 if config.overwrite else _finished_tiles(out / info.name, n_rows, n_cols)
+        scenes.append(
+            SceneWork(
+                path=path,
+                name=info.name,
+                height_px=info.grid.height_px,
+                width_px=info.grid.width_px,
+                dtype=info.dtype,
+                crs=_crs_label(info.grid.epsg, info.grid.crs_wkt),
+                tiles_total=n_rows * n_cols,
+                tiles_finished=finished,
+            )
+        )
+        log.debug("%s: %d tiles, %d finished", info.name, n_rows * n_cols, finished)
+    return JobPlan(spec, tuple(scenes))
