@@ -308,10 +308,8 @@ class _Scheduler:
         self.threshold = threshold
         count, gpus, cpus = _actor_layout(config)
         self.actor_options = {"num_gpus": gpus, "num_cpus": cpus, "max_concurrency": ACTOR_CALLS_IN_FLIGHT}
-        spec = config.inference
-        if gpus == 0 and spec.torch_threads is None:
-            spec = InferenceSpec(**{**spec.__dict__, "torch_threads": max(1, int(cpus))})
-        self.inference_spec = spec
+        # CPU actors keep torch's default thread count (the node's cores) unless told otherwise
+        self.inference_spec = config.inference
         self.actors = [self._new_actor() for _ in range(count)]
         self.devices = ray.get([a.describe.remote() for a in self.actors])
         log.info("%d inference actor(s): %s", count, ", ".join(d["device"] for d in self.devices))

@@ -17,7 +17,7 @@ if __name__ == "__main__":
     report = {
         "device": __import__("torch").cuda.get_device_name(),
         "golden_cuda_scan": gpu_checks.golden_on_gpu("cuda"),
-        "golden_fast_scan_on_gpu": gpu_checks.golden_on_gpu("auto_fast_placeholder") if False else None,
+        "golden_chunked_scan_on_gpu": gpu_checks.golden_on_gpu("chunked"),
         "cuda_vs_reference_model": gpu_checks.cuda_vs_reference_model(),
         "bf16_vs_fp32_sirst": gpu_checks.bf16_vs_fp32_on_sirst(),
     }

@@ -13,7 +13,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
     pytest.mark.skipif(
-        not scan_backends().get("cuda", {}).get("available", False), reason="mamba_ssm CUDA scan not importable"
+        not scan_backends()["cuda"].available, reason="mamba_ssm CUDA scan not importable"
     ),
 ]
 

@@ -1,0 +1,170 @@
+"""`irscan scan` end to end on a real local Ray: coverage of odd shapes, georeferencing,
+nodata, bad input. The network here has random weights: these tests check the mechanics
+(every pixel written exactly once, outputs valid and placed right), not accuracy
+(test_scan_accuracy.py does that with the shipped weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import ray
+import torch
+import zarr
+from affine import Affine
+from click.testing import CliRunner
+
+from mim_model import MiM
+from mim_model.weights import save_safetensors
+from pipeline.cli.main import cli
+from pipeline.stitch import MASK_NODATA
+
+from ..conftest import UTM_CRS, UTM_TRANSFORM
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One real local Ray for the module (the runner joins it instead of starting its own)."""
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    # a low threshold makes random weights flag some pixels, so vectors are not empty
+    return save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5"})
+
+
+def _scan(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["scan", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _write(path: Path, data: np.ndarray, **profile) -> Path:
+    base = {"driver": "GTiff", "count": 1, "height": data.shape[0], "width": data.shape[1],
+            "dtype": data.dtype.name, "crs": UTM_CRS, "transform": UTM_TRANSFORM}
+    base.update(profile)
+    with rasterio.open(path, "w", **base) as dataset:
+        dataset.write(data, 1)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (63, 65), (700, 300)])
+def test_any_shape_is_covered_exactly(local_ray, random_weights, tmp_path, shape):
+    rng = np.random.default_rng(1)
+    scene = _write(tmp_path / "odd.tif", rng.integers(100, 4000, shape).astype(np.uint16))
+    code, output = _scan([str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+                          "--tile-px", "128", "--halo-px", "16", "--batch-size", "4"])
+    assert code == 0, output
+    out = tmp_path / "out" / "odd"
+    group = zarr.open_group(out / "mask.zarr", mode="r")
+    mask, prob = group["mask"][:], group["probability"][:]
+    assert mask.shape == prob.shape == shape
+    assert group["mask"].chunks == (96, 96)
+    # every pixel written: no nodata fill left, probabilities in [0, 1]
+    assert not np.any(mask == MASK_NODATA)
+    assert np.all((prob >= 0) & (prob <= 1))
+    report = json.loads((out / "report.json").read_text())
+    n_tiles = -(-shape[0] // 96) * -(-shape[1] // 96)
+    assert report["tiles"] == {"total": n_tiles, "done": n_tiles, "skipped": 0, "failed": 0, "resumed": 0}
+    frame = gpd.read_parquet(out / "detections.parquet")
+    assert len(frame) == report["detections"]
+    for suffix in ("gpkg", "geojson"):
+        assert len(gpd.read_file(out / f"detections.{suffix}")) == len(frame)
+    assert (out / "quicklook.png").stat().st_size > 0
+    assert f"{n_tiles} tiles" in output
+
+
+def test_crs_and_transform_round_trip_and_vectors_are_placed(local_ray, random_weights, tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(100, 300, (300, 260)).astype(np.uint16)
+    data[100:104, 50:54] = 4000  # something bright for the random net to react to
+    scene = _write(tmp_path / "geo.tif", data)
+    code, output = _scan([str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+                          "--tile-px", "128", "--halo-px", "32"])
+    assert code == 0, output
+    group = zarr.open_group(tmp_path / "out" / "geo" / "mask.zarr", mode="r")
+    assert Affine(*group.attrs["transform"]) == UTM_TRANSFORM
+    assert group.attrs["epsg"] == 32618
+    assert rasterio.crs.CRS.from_wkt(group.attrs["crs_wkt"]) == rasterio.crs.CRS.from_epsg(32618)
+    frame = gpd.read_parquet(tmp_path / "out" / "geo" / "detections.parquet")
+    assert frame.crs.to_epsg() == 32618
+    for _, det in frame.iterrows():
+        x, y = UTM_TRANSFORM @ (det["col"] + 0.5, det["row"] + 0.5)
+        assert det["x"] == pytest.approx(x) and det["y"] == pytest.approx(y)
+        assert det.geometry.x == pytest.approx(x)
+
+
+def test_nodata_tiles_are_skipped_and_never_detected(local_ray, random_weights, tmp_path):
+    data = np.full((256, 384), 1000, np.uint16)
+    data[:, 192:] = 0  # right half is nodata: its tiles never reach the model
+    data[50:53, 60:63] = 5000
+    scene = _write(tmp_path / "half.tif", data, nodata=0)
+    code, output = _scan([str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+                          "--tile-px", "128", "--halo-px", "0", "--threshold", "0.01"])
+    assert code == 0, output
+    out = tmp_path / "out" / "half"
+    report = json.loads((out / "report.json").read_text())
+    assert report["tiles"]["skipped"] == 2 and report["tiles"]["done"] == 4  # tile column 1 is half valid
+    mask = zarr.open_group(out / "mask.zarr", mode="r")["mask"][:]
+    assert np.all(mask[:, 192:] == MASK_NODATA)
+    assert not np.any(mask[:, :192] == MASK_NODATA)
+    frame = gpd.read_parquet(out / "detections.parquet")
+    assert (frame["col_max"] < 192).all()
+
+
+def test_scene_without_crs_runs_in_pixel_coordinates(local_ray, random_weights, tmp_path, caplog):
+    data = np.random.default_rng(3).integers(100, 4000, (100, 100)).astype(np.uint16)
+    scene = tmp_path / "nocrs.tif"
+    with rasterio.open(scene, "w", driver="GTiff", count=1, height=100, width=100, dtype="uint16") as dataset:
+        dataset.write(data, 1)
+    code, output = _scan([str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+                          "--tile-px", "128", "--halo-px", "16", "--threshold", "0.01"])
+    assert code == 0, output
+    frame = gpd.read_parquet(tmp_path / "out" / "nocrs" / "detections.parquet")
+    assert frame.crs is None
+    assert frame["lon"].isna().all()
+
+
+def _error_line(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["scan", *args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output.strip()
+
+
+def test_bad_inputs_fail_with_one_clear_line(random_weights, tmp_path):
+    good = _write(tmp_path / "good.tif", np.ones((64, 64), np.uint16))
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    rotated = _write(tmp_path / "rotated.tif", np.ones((64, 64), np.uint16),
+                     transform=Affine(20.0, 5.0, 435720.0, 5.0, -20.0, 4179460.0))
+    cases = [
+        ([str(tmp_path / "missing.tif")], "missing.tif"),
+        ([str(text)], "notes.tif"),
+        ([str(rotated)], "rotated.tif"),
+        ([str(good), "--band", "3"], "band"),
+        ([str(good), "--tile-px", "100"], "tile_px"),
+        ([str(good), "--tile-px", "128", "--halo-px", "64"], "halo_px"),
+    ]
+    for args, needle in cases:
+        code, output = _error_line([*args, "--out", str(tmp_path / "o"), "--weights", str(random_weights)])
+        assert code != 0, (args, output)
+        assert needle in output, (args, output)
+        assert len(output.splitlines()) == 1, output
+
+
+def test_existing_output_is_refused_unless_overwrite(local_ray, random_weights, tmp_path):
+    scene = _write(tmp_path / "again.tif", np.random.default_rng(4).integers(1, 999, (64, 64)).astype(np.uint16))
+    args = [str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+            "--tile-px", "64", "--halo-px", "0"]
+    assert _scan(args)[0] == 0
+    code, output = _error_line(args)
+    assert code != 0 and "--overwrite" in output
+    assert _scan([*args, "--overwrite"])[0] == 0

@@ -1,0 +1,196 @@
+"""Large test scenes with known truth: a real Sentinel-2 SWIR background, real SIRST targets.
+
+No large real infrared scene is available offline, so scenes are built from what is:
+the real Sentinel-2 B12 crop (967 x 973, EPSG:32618, 20 m) is mirrored out to any size
+under its own geotransform, and real SIRST target chips (the pixels of one mask component,
+as contrast over their local background) are pasted at chosen pixels. The truth is each
+pasted target's pixel centroid and map position.
+
+Used by the end-to-end tests, the benchmarks and ``scripts/make_sample_scene.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from affine import Affine
+from PIL import Image
+from scipy import ndimage
+
+__all__ = [
+    "shared_data_dir",
+    "S2_B12_RELATIVE",
+    "TargetChip",
+    "PastedTarget",
+    "load_target_chips",
+    "mirrored_background",
+    "build_scene",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+S2_B12_RELATIVE = "geo-ir-samples/sentinel2_T18SVG_20160112_crop/s2_B12.tif"
+
+
+def shared_data_dir() -> Path | None:
+    """``$IRSCAN_SHARED_DATA``, ``../shared/data`` beside the repo, or ``.gpu/data``."""
+    for candidate in (os.environ.get("IRSCAN_SHARED_DATA"), REPO.parent / "shared" / "data", REPO / ".gpu" / "data"):
+        if candidate and (Path(candidate) / S2_B12_RELATIVE).is_file():
+            return Path(candidate)
+    return None
+
+
+@dataclass(frozen=True)
+class TargetChip:
+    """One real target: contrast over its local background in [0, 1] units (grey/255),
+    zero outside its mask. ``source`` is the SIRST image id."""
+
+    contrast: npt.NDArray[np.float32]
+    mask: npt.NDArray[np.bool_]
+    source: str
+
+
+@dataclass(frozen=True)
+class PastedTarget:
+    """Truth for one pasted target: centroid in pixel index space (pixel (r, c) at (r, c))
+    and at the pixel centre in map coordinates."""
+
+    row: float
+    col: float
+    x: float
+    y: float
+    area_px: int
+    source: str
+
+
+def load_target_chips(sirst_dir: Path, split: str = "test", min_area_px: int = 2) -> list[TargetChip]:
+    """Every mask component of the SIRST images of a split (idx_427) as a chip."""
+    names = (sirst_dir / "idx_427" / f"{split}.txt").read_text().split()
+    chips = []
+    for name in names:
+        grey = np.asarray(Image.open(sirst_dir / "images" / f"{name}.png").convert("L"), np.float32) / 255.0
+        mask = np.asarray(Image.open(sirst_dir / "masks" / f"{name}_pixels0.png").convert("L")) > 127
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        for label, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:
+                continue
+            r0, r1 = max(box[0].start - 3, 0), min(box[0].stop + 3, grey.shape[0])
+            c0, c1 = max(box[1].start - 3, 0), min(box[1].stop + 3, grey.shape[1])
+            part = labels[r0:r1, c0:c1] == label
+            if part.sum() < min_area_px:
+                continue
+            window = grey[r0:r1, c0:c1]
+            ring = ~ndimage.binary_dilation(part, iterations=1)
+            background = float(np.median(window[ring])) if ring.any() else 0.0
+            contrast = np.where(part, np.clip(window - background, 0.0, None), 0.0).astype(np.float32)
+            if contrast.max() <= 0.02:
+                continue  # a target no brighter than its surroundings cannot be pasted as one
+            chips.append(TargetChip(contrast, part, name))
+    return chips
+
+
+def _mirror_index(index: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.int64]:
+    period = index % (2 * size)
+    return np.where(period < size, period, 2 * size - 1 - period)
+
+
+def mirrored_background(source: Path, height_px: int, width_px: int) -> tuple[npt.NDArray, Affine, str]:
+    """The source raster mirrored out to (height, width) under its own transform."""
+    with rasterio.open(source) as dataset:
+        base = dataset.read(1)
+        transform, crs_wkt = dataset.transform, dataset.crs.to_wkt()
+    rows = _mirror_index(np.arange(height_px), base.shape[0])
+    cols = _mirror_index(np.arange(width_px), base.shape[1])
+    return base[np.ix_(rows, cols)], transform, crs_wkt
+
+
+def _positions(
+    height_px: int, width_px: int, count: int, core_px: int, straddle: int, rng: np.random.Generator,
+    min_gap_px: int = 24, border_px: int = 16,
+) -> list[tuple[int, int]]:
+    """Target centres: ``straddle`` of them on chunk borders (core_px multiples), the rest random."""
+    chosen: list[tuple[int, int]] = []
+
+    def free(r: int, c: int) -> bool:
+        return all(abs(r - a) >= min_gap_px or abs(c - b) >= min_gap_px for a, b in chosen)
+
+    borders_r = [k * core_px for k in range(1, -(-height_px // core_px)) if border_px < k * core_px < height_px - border_px]
+    borders_c = [k * core_px for k in range(1, -(-width_px // core_px)) if border_px < k * core_px < width_px - border_px]
+    tries = 0
+    while len(chosen) < count and tries < 100 * count:
+        tries += 1
+        r = int(rng.integers(border_px, height_px - border_px))
+        c = int(rng.integers(border_px, width_px - border_px))
+        if len(chosen) < straddle and borders_r and borders_c:
+            kind = len(chosen) % 3
+            if kind in (0, 2):
+                r = int(rng.choice(borders_r))
+            if kind in (1, 2):
+                c = int(rng.choice(borders_c))
+        if free(r, c):
+            chosen.append((r, c))
+    return chosen
+
+
+def build_scene(
+    path: Path,
+    height_px: int,
+    width_px: int,
+    chips: list[TargetChip],
+    *,
+    count: int,
+    core_px: int = 384,
+    straddle: int = 0,
+    seed: int = 0,
+    background: Path | None = None,
+    nodata_band: tuple[int, int] | None = None,
+) -> list[PastedTarget]:
+    """Write a uint16 GeoTIFF (tiled, deflate) with ``count`` pasted targets; return the truth.
+
+    Each chip's contrast is scaled to the scene's dynamic range (0.5..99.99 percentiles, as
+    irscan normalises), so a target keeps the contrast it had in SIRST. ``nodata_band``
+    (row_start, row_stop) marks those rows nodata (value 0, declared as nodata).
+    """
+    data_dir = shared_data_dir()
+    if background is None:
+        if data_dir is None:
+            raise FileNotFoundError("shared data not found: set IRSCAN_SHARED_DATA")
+        background = data_dir / S2_B12_RELATIVE
+    rng = np.random.default_rng(seed)
+    scene, transform, crs_wkt = mirrored_background(background, height_px, width_px)
+    scene = scene.astype(np.float64)
+    low, high = np.percentile(scene[:: max(1, height_px // 1024), :: max(1, width_px // 1024)], [0.5, 99.99])
+    scale = high - low
+    truth = []
+    for r, c in _positions(height_px, width_px, count, core_px, straddle, rng):
+        chip = chips[int(rng.integers(len(chips)))]
+        h, w = chip.mask.shape
+        r0, c0 = r - h // 2, c - w // 2
+        if r0 < 0 or c0 < 0 or r0 + h > height_px or c0 + w > width_px:
+            continue
+        region = scene[r0 : r0 + h, c0 : c0 + w]
+        local = float(np.median(region[~chip.mask])) if (~chip.mask).any() else float(np.median(region))
+        region[chip.mask] = np.maximum(region[chip.mask], local + chip.contrast[chip.mask] * scale)
+        rr, cc = np.nonzero(chip.mask)
+        row, col = float(rr.mean() + r0), float(cc.mean() + c0)
+        x, y = transform * (col + 0.5, row + 0.5)
+        truth.append(PastedTarget(row, col, float(x), float(y), int(rr.size), chip.source))
+    out = np.clip(np.rint(scene), 1, 65535).astype(np.uint16)
+    nodata = None
+    if nodata_band is not None:
+        out[nodata_band[0] : nodata_band[1]] = 0
+        nodata = 0
+        truth = [t for t in truth if not nodata_band[0] - 8 <= t.row < nodata_band[1] + 8]
+    profile = {
+        "driver": "GTiff", "dtype": "uint16", "count": 1, "height": height_px, "width": width_px,
+        "crs": crs_wkt, "transform": transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
+        "compress": "deflate", "nodata": nodata,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(out, 1)
+    return truth
