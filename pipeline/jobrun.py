@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mim_model.errors import MiMError
 from pipeline.errors import InputError, IrscanError, LockedError
 from pipeline.jobspec import JobSpec, expand_inputs, load_job
 from pipeline.lock import make_run_id, output_lock
@@ -202,6 +201,8 @@ def _run_locked(
     spec: JobSpec, run_id: str, record: dict[str, Any]
 ) -> tuple[int, str, dict[str, Any]]:
     """Scan and post-process; (exit code, one-line message, extra record fields)."""
+    from mim_model.errors import MiMError  # here: importing mim_model imports torch
+
     try:
         inputs = expand_inputs(spec)
         record["inputs"] = inputs

@@ -192,14 +192,14 @@ def test_run_exit_codes_and_record(small_job: Path, monkeypatch: pytest.MonkeyPa
 # ------------------------------------------------------------------ jobs/ entry points
 def test_cron_exit_code_for_bad_job_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("inputs: [x.tif]\noutput: out\nscan: {tile_pxx: 1}\n")
+    bad.write_text("inputs: [x.tif]\noutput: out\nscna: {tile_px: 512}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cron", str(bad), "--log-dir", str(tmp_path / "logs"), "--run-id", "c1"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("irscan cron c1: bad_input: ") and "scan.tile_pxx" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("irscan cron c1: bad_input: ") and "scna: unknown key" in lines[0]
     assert "Traceback" not in proc.stderr
     assert "bad_input" not in proc.stderr
     log_text = (tmp_path / "logs" / "c1.log").read_text()

@@ -180,19 +180,11 @@ def test_scheduler_choice_without_ray() -> None:
         dask_scheduler("processes")  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_on_ray(tmp_path: Path) -> None:
     """dask on Ray (ray_dask_get) when Ray is initialised: same values as the threaded run."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        assert dask_scheduler("auto")[1] == "ray"
-        store = _store(tmp_path / "scene" / "mask.zarr")
-        levels = write_overviews(store)  # auto -> Ray
-        _check_overviews(store, levels)
-        _check_stats(scene_statistics(store, scheduler="ray"))
-    finally:
-        if started:
-            ray.shutdown()
+    assert dask_scheduler("auto")[1] == "ray"
+    store = _store(tmp_path / "scene" / "mask.zarr")
+    levels = write_overviews(store)  # auto -> Ray
+    _check_overviews(store, levels)
+    _check_stats(scene_statistics(store, scheduler="ray"))

@@ -16,6 +16,7 @@ from pipeline.lock import LOCK_NAME
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the run joins it (and post-processes with dask on Ray)
 def test_run_then_resume(tmp_path: Path, make_scene) -> None:
     import torch
 
