@@ -138,19 +138,12 @@ def _write_record(out: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def _postprocess(results: list[Any], spec: JobSpec) -> None:
-    from pipeline.postprocess import postprocess_scene
-
-    for result in results:
-        postprocess_scene(result.out_dir, overviews=spec.overviews, statistics=spec.statistics)
-
-
 def run_job(spec: JobSpec, *, run_id: str | None = None) -> RunOutcome:
     """Run a validated job under the output lock; write the run record.
 
     Scans with :func:`pipeline.runner.run_scans` (``resume=True``, so finished tiles of an
     earlier, interrupted run are kept; with ``scan.overwrite`` the outputs are replaced
-    instead), then post-processes each scene (:func:`pipeline.postprocess.postprocess_scene`,
+    instead), and post-processes each scene on Ray (:func:`pipeline.postprocess.postprocess_scene`,
     as the job's ``postprocess:`` asks).
 
     Errors are not raised: they become the outcome's exit code (see the module docstring)
@@ -209,9 +202,10 @@ def _run_locked(
         log.info("run %s of job %s: %d scene(s) -> %s", run_id, spec.name, len(inputs), spec.output)
         from pipeline.runner import run_scans
 
-        results = run_scans(inputs, spec.output, spec.config, resume=not spec.config.overwrite)
-        if spec.overviews or spec.statistics:
-            _postprocess(results, spec)
+        results = run_scans(
+            inputs, spec.output, spec.config, resume=not spec.config.overwrite, run_id=run_id,
+            overviews=spec.overviews, statistics=spec.statistics,
+        )
     except (IrscanError, MiMError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT, str(err), {}

@@ -213,7 +213,12 @@ def connect_ray(config: ScanConfig) -> bool:
     runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("IRSCAN_")}}
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            # inside `ray job submit`: the job's own runtime_env applies; Ray refuses a second one
+            # that sets the same variables
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return False
     log.info("starting a local Ray (dashboard %s)", "on 127.0.0.1" if config.ray.dashboard else "off")
     ray.init(
@@ -233,7 +238,12 @@ def _actor_layout(config: ScanConfig) -> tuple[int, float, float]:
     total_gpus = float(resources.get("GPU", 0.0))
     wants_cpu = config.inference.device == "cpu"
     if config.inference.device == "cuda" and total_gpus == 0:
-        raise InputError("device: cuda was asked for but the Ray cluster has no GPU")
+        if config.ray.num_actors is None:
+            raise InputError(
+                "device: cuda but the Ray cluster has no GPU (yet); on an autoscaling cluster set "
+                "num_actors so that GPU actors are requested and GPU nodes are added"
+            )
+        return config.ray.num_actors, config.ray.gpus_per_actor, config.ray.cpus_per_actor
     if total_gpus > 0 and not wants_cpu:
         per = config.ray.gpus_per_actor
         count = config.ray.num_actors or max(1, int(total_gpus / per + 1e-9))
@@ -571,30 +581,49 @@ def _versions() -> dict[str, str]:
 
 
 def run_scans(
-    scene_paths: list[str], out_dir: str | os.PathLike[str], config: ScanConfig, *, resume: bool = False
+    scene_paths: list[str],
+    out_dir: str | os.PathLike[str],
+    config: ScanConfig,
+    *,
+    resume: bool = False,
+    run_id: str | None = None,
+    overviews: bool = True,
+    statistics: bool = True,
 ) -> list[SceneResult]:
     """Scan scenes into ``out_dir/<scene stem>/``; see the module docstring.
 
-    Raises :class:`pipeline.errors.IrscanError` subclasses for user mistakes, before any
-    work is started.
+    ``resume`` continues outputs of an earlier run with the same configuration (finished
+    tiles are skipped). The output folder is locked for the run (:mod:`pipeline.lock`).
+    ``overviews``/``statistics`` run :func:`pipeline.postprocess.postprocess_scene` (dask, on
+    Ray) on each finished scene. Raises :class:`pipeline.errors.IrscanError` subclasses for
+    user mistakes, before any work is started.
     """
+    from pipeline.lock import output_lock
+    from pipeline.postprocess import postprocess_scene
+
     wall_start = time.time()
     out = Path(out_dir)
-    runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
-    threshold = resolve_threshold(config.inference)
-    weights_sha = weights_sha256(resolve_weights_path(config.inference))
-    fingerprint = config.output_fingerprint(weights_sha)
-    for run in runs:
-        _open_or_create_store(run, config, threshold, fingerprint)
-    started = connect_ray(config)
-    try:
-        stats = ray.get([_scene_stats.remote(r.info, config.normalization) for r in runs])
-        for run, scene_stats in zip(runs, stats, strict=True):
-            run.stats = scene_stats
-        scheduler = _Scheduler(runs, config, threshold)
-        scheduler.run()
-        wall_s = time.time() - wall_start
-        return [_write_scene_outputs(r, config, scheduler.devices, wall_s, weights_sha) for r in runs]
-    finally:
-        if started:
-            ray.shutdown()
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
+        runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
+        threshold = resolve_threshold(config.inference)
+        weights_sha = weights_sha256(resolve_weights_path(config.inference))
+        fingerprint = config.output_fingerprint(weights_sha)
+        for run in runs:
+            _open_or_create_store(run, config, threshold, fingerprint)
+        started = connect_ray(config)
+        try:
+            stats = ray.get([_scene_stats.remote(r.info, config.normalization) for r in runs])
+            for run, scene_stats in zip(runs, stats, strict=True):
+                run.stats = scene_stats
+            scheduler = _Scheduler(runs, config, threshold)
+            scheduler.run()
+            wall_s = time.time() - wall_start
+            results = [_write_scene_outputs(r, config, scheduler.devices, wall_s, weights_sha) for r in runs]
+            if overviews or statistics:
+                for result in results:
+                    postprocess_scene(result.out_dir, overviews=overviews, statistics=statistics)
+            return results
+        finally:
+            if started:
+                ray.shutdown()

@@ -158,7 +158,7 @@ def test_run_exit_codes_and_record(small_job: Path, monkeypatch: pytest.MonkeyPa
 
     calls: list[dict[str, Any]] = []
 
-    def fake_run_scans(paths: list[str], out: str, config: Any, *, resume: bool = False) -> list[_Result]:
+    def fake_run_scans(paths: list[str], out: str, config: Any, *, resume: bool = False, **kwargs: Any) -> list[_Result]:
         calls.append({"paths": paths, "out": out, "resume": resume, "overwrite": config.overwrite})
         assert (Path(out) / LOCK_NAME).exists()  # the lock is held while the scan runs
         if behaviour == "input":
