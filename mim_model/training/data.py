@@ -10,7 +10,7 @@ A split name is looked up as ``<data_dir>/<split_dir>/<split>.txt``; a path to a
 file is also accepted.
 
 Training samples are square crops of ``crop_px`` (a multiple of 64) after a random rescale
-(log-uniform in ``scale_range``), brightness and contrast jitter, optional Gaussian blur
+(the network's input scale times a factor log-uniform in ``scale_range``), brightness and contrast jitter, optional Gaussian blur
 and a random element of the dihedral group D4 (flips and 90-degree turns). With
 probability ``p_target_crop`` the crop is placed so that it contains a random target
 pixel; otherwise it is uniform. Where the (rescaled) image is smaller than the crop the
@@ -226,7 +226,8 @@ class Augment:
     Attributes
     ----------
     scale_range : (float, float)
-        Rescale factor, drawn log-uniform in this range (1 = native size).
+        Rescale factor relative to the training's ``input_scale``, drawn log-uniform in
+        this range (the image is resized by ``input_scale * factor``).
     p_target_crop : float
         Probability that the crop is placed to contain a target pixel.
     flips : bool
@@ -241,7 +242,7 @@ class Augment:
         Largest blur radius in pixels.
     """
 
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    scale_range: tuple[float, float] = (0.6, 1.6)
     p_target_crop: float = 0.8
     flips: bool = True
     brightness: float = 0.1
@@ -291,6 +292,7 @@ def augment_sample(
     crop_px: int,
     aug: Augment,
     rng: np.random.Generator,
+    base_scale: float = 1.0,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """One augmented training crop.
 
@@ -302,6 +304,8 @@ def augment_sample(
         Side of the square crop, pixels.
     aug : Augment
     rng : numpy Generator
+    base_scale : float
+        The network's input scale; the drawn factor multiplies it.
 
     Returns
     -------
@@ -310,7 +314,7 @@ def augment_sample(
     """
     h, w = image.shape
     lo, hi = aug.scale_range
-    scale = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
+    scale = base_scale * (math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo)
     img_pil = Image.fromarray(image)
     if abs(scale - 1.0) > 1e-3:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -359,11 +363,12 @@ class TrainCrops(torch.utils.data.Dataset):
     Items are ``(image01, mask01)``, float32 tensors of shape (1, crop_px, crop_px).
     """
 
-    def __init__(self, split: SirstSplit, crop_px: int, aug: Augment) -> None:
+    def __init__(self, split: SirstSplit, crop_px: int, aug: Augment, base_scale: float = 1.0) -> None:
         self.images = split.images
         self.masks = split.masks
         self.crop_px = crop_px
         self.aug = aug
+        self.base_scale = base_scale
 
     def __len__(self) -> int:
         return len(self.images)
@@ -371,7 +376,7 @@ class TrainCrops(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
         rng = np.random.default_rng(seed)
-        img, msk = augment_sample(self.images[index], self.masks[index], self.crop_px, self.aug, rng)
+        img, msk = augment_sample(self.images[index], self.masks[index], self.crop_px, self.aug, rng, self.base_scale)
         return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
 
 

@@ -11,26 +11,12 @@ from typing import Any
 import numpy as np
 
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
-from mim_model.training.inference import predict_probs
+from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
 from mim_model.training.metrics import IRSTDMetrics
 
-__all__ = ["evaluate", "weights_threshold", "DEFAULT_THRESHOLD"]
+__all__ = ["evaluate"]
 
 log = logging.getLogger(__name__)
-
-#: Used when a weights file records no threshold (logit > 0).
-DEFAULT_THRESHOLD = 0.5
-
-
-def weights_threshold(model: object) -> float:
-    """The probability threshold stored with the weights (metadata ``threshold``), else 0.5."""
-    meta = getattr(model, "weights_metadata", None) or {}
-    try:
-        return float(meta.get("threshold", DEFAULT_THRESHOLD))
-    except ValueError:
-        log.warning("weights metadata threshold %r is not a number: using %s", meta.get("threshold"), DEFAULT_THRESHOLD)
-        return DEFAULT_THRESHOLD
-
 
 def evaluate(
     data_dir: str | os.PathLike,
@@ -85,13 +71,17 @@ def evaluate(
     dev = resolve_device(device)
     model = load_model(weights, device=dev)
     t = weights_threshold(model) if threshold is None else float(threshold)
-    probs = predict_probs(model, [im.astype(np.float32) / 255.0 for im in data.images], device=dev, amp=amp, batch_size=batch_size)
+    scale = weights_input_scale(model)
+    probs = predict_probs(
+        model, [im.astype(np.float32) / 255.0 for im in data.images], device=dev, amp=amp, batch_size=batch_size, scale=scale
+    )
     metrics = IRSTDMetrics()
     for prob, mask in zip(probs, data.masks, strict=True):
         metrics.update(prob > t, mask)
     result: dict[str, Any] = metrics.result()
     result.update(
         threshold=t,
+        input_scale=scale,
         split=split,
         weights=str(Path(weights) if weights is not None else DEFAULT_WEIGHTS_PATH),
         device=str(dev),

@@ -6,8 +6,9 @@ weights (else 0.5), 0 elsewhere. With ``prob=True`` it also writes
 ``out_dir/<stem>_prob.tif``: the float32 probabilities (one band, PIL mode ``F``), full
 precision so that any other threshold can be applied later.
 
-Images are zero-padded to a square multiple of 64 and cropped back; images whose longer
-side exceeds ``max_side_px`` (default 1024) are tiled (512 px tiles, 64 px halo), so
+Images are resized by the weights' ``input_scale``, zero-padded to a square multiple of 64,
+and the probabilities are cropped and resized back; images whose longer side (after
+resizing) exceeds ``max_side_px`` (default 1024) are tiled (512 px tiles, 64 px halo), so
 memory stays bounded for any size (see :mod:`mim_model.training.inference`).
 """
 
@@ -23,8 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mim_model.training.data import DatasetError, load_grey01
-from mim_model.training.evaluate import weights_threshold
-from mim_model.training.inference import predict_probs
+from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
 
 __all__ = ["predict"]
 
@@ -108,12 +108,13 @@ def predict(
     dev = resolve_device(device)
     model = load_model(weights, device=dev)
     t = weights_threshold(model) if threshold is None else float(threshold)
+    scale = weights_input_scale(model)
     results = []
     chunk = max(1, batch_size) * 4
     for start in range(0, len(inputs), chunk):
         group = inputs[start : start + chunk]
         images = [load_grey01(p) for p in group]
-        probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px)
+        probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px, scale=scale)
         for path, p in zip(group, probs, strict=True):
             mask = np.where(p > t, 255, 0).astype(np.uint8)
             mask_path = out / f"{path.stem}.png"

@@ -79,7 +79,7 @@ CHECKPOINT_FORMAT = "irscan-train-v1"
 LAST = "last.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
-DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+DEFAULT_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 # Config fields that may change between a run and its resumption without a warning.
 _RESUME_FREE_FIELDS = frozenset(
@@ -107,6 +107,9 @@ class TrainConfig:
         Folder of split files.
     layout : str
         MiM token layout, ``"spatial"`` (default) or ``"official"``.
+    input_scale : float
+        The network sees images resized by this factor, in training and in every later
+        use (stored in the weights' metadata); probabilities are resized back.
     crop_px : int
         Training crop side, a multiple of 64.
     batch_size : int
@@ -157,24 +160,25 @@ class TrainConfig:
     val_split: str = "val"
     split_dir: str = "idx_427"
     layout: str = "spatial"
+    input_scale: float = 2.0
     crop_px: int = 256
-    batch_size: int = 16
-    epochs: int = 300
+    batch_size: int = 32
+    epochs: int = 400
     epoch_repeats: int = 1
     optimizer: str = "adamw"
-    lr: float = 2e-3
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
-    warmup_epochs: float = 5.0
+    warmup_epochs: float = 10.0
     min_lr_ratio: float = 0.01
-    loss: str = "softiou+bce"
+    loss: str = "softiou"
     bce_weight: float = 0.5
     grad_clip_norm: float = 0.0
     seed: int = 0
     amp: bool = True
     device: str = "auto"
-    num_workers: int = 4
-    eval_every: int = 5
+    num_workers: int = 8
+    eval_every: int = 10
     eval_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     eval_batch_size: int = 8
     time_budget_min: float | None = None
@@ -199,6 +203,8 @@ class TrainConfig:
             raise bad("schedule", "'cosine' or 'constant'")
         if self.loss not in LOSSES:
             raise bad("loss", f"one of {LOSSES}")
+        if not 0.25 <= self.input_scale <= 4:
+            raise bad("input_scale", "a factor in [0.25, 4]")
         if not self.lr > 0:
             raise bad("lr", "a positive number")
         if not self.eval_thresholds or not all(0 < t < 1 for t in self.eval_thresholds):
@@ -317,7 +323,7 @@ def _git_commit() -> str:
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("IRSCAN_GIT_COMMIT", "unknown")
 
 
 def build_model(layout: str) -> nn.Module:
@@ -335,10 +341,12 @@ def evaluate_split(
     thresholds: tuple[float, ...],
     amp: bool = True,
     batch_size: int = 8,
+    scale: float = 1.0,
 ) -> ThresholdSweep:
-    """Run ``model`` on every image of ``split`` at native size and sweep the thresholds."""
+    """Run ``model`` on every image of ``split`` (resized by ``scale``, probabilities resized
+    back to native size) and sweep the thresholds at native size."""
     images01 = [img.astype(np.float32) / 255.0 for img in split.images]
-    probs = predict_probs(model, images01, device=device, amp=amp, batch_size=batch_size)
+    probs = predict_probs(model, images01, device=device, amp=amp, batch_size=batch_size, scale=scale)
     sweep = ThresholdSweep(thresholds)
     for prob, mask in zip(probs, split.masks, strict=True):
         sweep.update(prob, mask)
@@ -400,7 +408,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     optimizer = _make_optimizer(model, cfg)
     sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats)
     loader = torch.utils.data.DataLoader(
-        TrainCrops(train_split, cfg.crop_px, cfg.augment),
+        TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale),
         batch_size=cfg.batch_size,
         sampler=sampler,
         drop_last=True,
@@ -458,7 +466,9 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     for epoch in range(start_epoch, cfg.epochs):
         eval_due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         spent = time.monotonic() - t_start
-        expected = (max(epoch_times) if epoch_times else 0.0) + (max(eval_times) if eval_due and eval_times else 0.0)
+        expected = (max(epoch_times[-5:]) if epoch_times else 0.0) + (
+            max(eval_times[-3:]) if eval_due and eval_times else 0.0
+        )
         if spent + 1.1 * expected + 5.0 > budget_s:
             stopped_by_budget = True
             break
@@ -508,7 +518,8 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         if eval_due:
             t_eval = time.monotonic()
             sweep = evaluate_split(
-                model, val_split, device=device, thresholds=cfg.eval_thresholds, amp=cfg.amp, batch_size=cfg.eval_batch_size
+                model, val_split, device=device, thresholds=cfg.eval_thresholds, amp=cfg.amp,
+                batch_size=cfg.eval_batch_size, scale=cfg.input_scale,
             )
             threshold, metrics = sweep.best("iou")
             at_half = sweep.results().get(0.5)
@@ -603,15 +614,16 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         "MiM-ISTD (Mamba-in-Mamba, IEEE TGRS 2024), reimplemented in `mim_model`, trained by `irscan train`.",
         "",
         "## Use",
-        f"- Input: grey image, {meta['normalization']}; any size (padded with zeros to a square multiple of 64",
-        "  and cropped back; images over 1024 px are tiled).",
+        f"- Input: grey image, {meta['normalization']}; resized by **{meta['input_scale']}** (bilinear) before",
+        "  the network, zero-padded to a square multiple of 64; probabilities cropped and resized back to",
+        "  the input size (images over 1024 px after resizing are tiled). Any input size.",
         f"- Output: per-pixel logit; target where sigmoid(logit) > **{meta['threshold']}** (chosen on val).",
         f"- Token layout: `{meta['layout']}`. Weights: float16 safetensors, loaded as float32.",
         "",
         "## Training",
         f"- Data: {meta['training_data']}",
         f"- Epochs: best checkpoint at epoch {meta['epoch']} of {cfg['epochs']} "
-        f"(crop {cfg['crop_px']} px, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}, "
+        f"(input scale {cfg['input_scale']}, crop {cfg['crop_px']} px, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}, "
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
@@ -697,6 +709,7 @@ def export(
         "format": "irscan-mim-weights-v1",
         "layout": cfg.layout,
         "threshold": f"{threshold:.4f}",
+        "input_scale": repr(float(cfg.input_scale)),
         "normalization": NORMALISATION,
         "training_data": (
             f"SIRST (Dai et al., WACV 2021), split {cfg.split_dir}/{cfg.train_split}; "
