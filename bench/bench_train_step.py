@@ -62,7 +62,7 @@ def bench_step(args: argparse.Namespace) -> dict[str, object]:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    scan = _scan_backend()
+    scan = _scan_backend(device)
     return {
         "bench": "train_step",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -81,13 +81,11 @@ def bench_step(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _scan_backend() -> str:
-    """MIM_SCAN_IMPL (default auto) and whether mamba_ssm is installed (not imported here)."""
-    import importlib.util
-    import os
+def _scan_backend(device: torch.device) -> str:
+    """The selective-scan backend that ``auto`` picks for tensors on ``device``."""
+    from mim_model.ops.selective_scan import resolve_backend
 
-    has_mamba = importlib.util.find_spec("mamba_ssm") is not None
-    return f"{os.environ.get('MIM_SCAN_IMPL', 'auto')} (mamba_ssm {'installed' if has_mamba else 'absent'})"
+    return resolve_backend(None, device)
 
 
 def bench_augment(args: argparse.Namespace) -> dict[str, object]:
