@@ -18,7 +18,7 @@ needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason="SIRST 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained spatial-layout MiM saved the way `irscan train --export` saves (threshold 0.5)."""
+    """An untrained spatial-layout MiM saved as `irscan train --export` saves (threshold 0.5, input scale 2)."""
     import torch
 
     from mim_model import MiM
@@ -26,7 +26,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("w") / "mim.safetensors"
-    save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5"})
+    save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5", "input_scale": "2.0"})
     return path
 
 
@@ -74,7 +74,7 @@ def test_evaluate_prints_metrics_json(tmp_path: Path, weights: Path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert {"iou", "niou", "pd", "fa", "threshold"} <= set(out) and out["n_images"] == 1
-    assert out["total_px"] == 135 * 96 and out["threshold"] == 0.5
+    assert out["total_px"] == 135 * 96 and out["threshold"] == 0.5 and out["input_scale"] == 2.0
 
 
 def test_evaluate_empty_split_file(tmp_path: Path, weights: Path) -> None:
@@ -119,3 +119,19 @@ def test_export_only_without_checkpoint(tmp_path: Path) -> None:
         cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "w.safetensors"), "--export-only"]
     )
     one_line_error(result, "best.pt")
+
+
+@needs_sirst
+def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "d", ["Misc_40", "Misc_23"], split="train")
+    (data / "idx_427" / "val.txt").write_text("Misc_40\n")
+    run, weights_out = tmp_path / "run", tmp_path / "w" / "mim.safetensors"
+    args = ["train", str(data), "--out", str(run), "--epochs", "1", "--eval-every", "1", "--crop-px", "64",
+            "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--export", str(weights_out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["finished"] and summary["epochs_done"] == 1
+    assert Path(summary["export"]["weights"]) == weights_out and weights_out.is_file()
+    assert weights_out.with_suffix(".md").is_file()
+    assert (run / "last.pt").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 1

@@ -6,10 +6,10 @@ the whole batch tensor, not per image::
     p = sigmoid(logits)
     loss = 1 - (sum(p*y) + 1) / (sum(p) + sum(y) - sum(p*y) + 1)
 
-``softiou+bce`` adds ``bce_weight`` times the mean binary cross-entropy on the logits. The
-BCE term gives every pixel a gradient from the first step (SoftIoU's gradient on the
-background is tiny while the prediction is near zero everywhere), which speeds up the
-start of short runs; SoftIoU still dominates the optimum. Both are computed in float32.
+``softiou+bce`` adds ``bce_weight`` times the mean binary cross-entropy on the logits. It
+is kept as an option: in H100 trials it made the network start finding targets much
+later than SoftIoU alone (BCE first drives every pixel towards background), so the
+default is ``softiou``. Both are computed in float32.
 """
 
 from __future__ import annotations

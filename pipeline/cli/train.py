@@ -28,29 +28,31 @@ def _show_progress(ctx: click.Context) -> None:
 @click.command("train")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoints, metrics.jsonl).")
-@click.option("--epochs", type=int, help="Total epochs; the cosine schedule spans them. [300]")
+@click.option("--epochs", type=int, help="Total epochs; the cosine schedule spans them. [400]")
 @click.option("--crop-px", type=int, help="Training crop side, a multiple of 64. [256]")
-@click.option("--batch-size", type=int, help="Crops per step. [16]")
-@click.option("--lr", type=float, help="Peak learning rate. [2e-3]")
+@click.option("--batch-size", type=int, help="Crops per step. [32]")
+@click.option("--lr", type=float, help="Peak learning rate. [4e-3]")
 @click.option("--weight-decay", type=float, help="Weight decay. [1e-4]")
 @click.option("--optimizer", type=click.Choice(["adamw", "adagrad"]), help="[adamw]")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), help="[cosine]")
-@click.option("--warmup-epochs", type=float, help="Linear warm-up, epochs. [5]")
-@click.option("--loss", type=click.Choice(LOSSES), help="[softiou+bce]")
+@click.option("--warmup-epochs", type=float, help="Linear warm-up, epochs. [10]")
+@click.option("--loss", type=click.Choice(LOSSES), help="[softiou]")
 @click.option("--layout", type=click.Choice(["spatial", "official"]), help="MiM token layout. [spatial]")
+@click.option("--input-scale", type=float, help="Images are resized by this before the network (stored with the weights). [2]")
 @click.option("--epoch-repeats", type=int, help="Passes over the train split per epoch. [1]")
 @click.option("--train-split", help="Split used for training. [train]")
 @click.option("--val-split", help="Split that chooses checkpoint and threshold. [val]")
 @click.option("--split-dir", help="Folder of split files under DATA_DIR. [idx_427]")
 @click.option("--device", help="auto, cpu, cuda, cuda:N. [auto]")
-@click.option("--num-workers", type=int, help="DataLoader workers. [4]")
-@click.option("--eval-every", type=int, help="Evaluate on val every N epochs. [5]")
+@click.option("--num-workers", type=int, help="DataLoader workers. [8]")
+@click.option("--eval-every", type=int, help="Evaluate on val every N epochs. [10]")
 @click.option("--time-budget-min", type=float, help="Stop with a checkpoint before this many minutes.")
 @click.option("--seed", type=int, help="[0]")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA. [on]")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path),
-              help="When training has finished, write best.pt as float16 safetensors here (+ model card).")
+              help="After this command's training, write RUN_DIR/best.pt (best val IoU so far) as float16 "
+                   "safetensors here, with a model card beside it.")
 @click.option("--export-only", is_flag=True, help="Do not train: export RUN_DIR/best.pt to --export now.")
 @click.option("--report-split", help="With --export: evaluate the exported weights on this split for the card (chooses nothing).")
 @click.pass_context
@@ -68,9 +70,9 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)
     if export_path is not None:
-        if export_only or summary.get("finished"):
+        if export_only or (out_dir / "best.pt").is_file():
             summary["export"] = export(out_dir / "best.pt", export_path, report_split=report_split,
                                        device=str(options.get("device") or "auto"))
         else:
-            summary["export"] = "not yet: training has not finished; run the command again to resume"
+            summary["export"] = "nothing yet: no evaluation on val has run; train longer"
     click.echo(json.dumps(summary, indent=2, default=str))

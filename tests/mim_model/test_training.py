@@ -171,6 +171,9 @@ def test_tiled_prediction_equals_whole_for_a_pointwise_model() -> None:
     tiled, = predict_probs(model, [img], device="cpu", max_side_px=64, tile_px=64, halo_px=8)
     assert whole.shape == tiled.shape == (150, 100)
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+    # at input scale 2 the network sees a 300 x 200 image; probabilities come back at 150 x 100
+    scaled, = predict_probs(model, [img], device="cpu", scale=2.0)
+    assert scaled.shape == (150, 100) and np.abs(scaled - whole).mean() < 0.05
 
 
 # --------------------------------------------------------------------------- training run
@@ -217,6 +220,7 @@ def test_train_resume_matches_uninterrupted_run(tiny_sirst: Path, tmp_path: Path
     meta = read_metadata(out["weights"])
     assert float(meta["threshold"]) == straight["best"]["threshold"]
     assert meta["layout"] == "spatial" and "ImageNet" in meta["normalization"]
+    assert float(meta["input_scale"]) == 2.0 and meta["epochs_trained"] == "2"
     assert "val" in meta["training_data"] and json.loads(meta["train_config"])["crop_px"] == 64
     assert (tmp_path / "w" / "m.md").read_text().startswith("# Model card")
     model = load_model(out["weights"])
