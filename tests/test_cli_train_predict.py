@@ -115,9 +115,8 @@ def test_predict_missing_weights(tmp_path: Path) -> None:
 
 
 def test_export_only_without_checkpoint(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "w.safetensors"), "--export-only"]
-    )
+    args = ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--export", str(tmp_path / "w.safetensors"), "--export-only"]
+    result = CliRunner().invoke(cli, args)
     one_line_error(result, "best.pt")
 
 

@@ -45,7 +45,8 @@ def _check_inputs(paths: Sequence[Path]) -> None:
             raise DatasetError(f"image {path}: expected an image PIL can read, got {type(err).__name__}: {err}") from err
         if path.stem in stems:
             raise DatasetError(
-                f"image {path}: expected distinct file stems (outputs are named <stem>.png), got the same stem as {stems[path.stem]}"
+                f"image {path}: expected distinct file stems (outputs are named <stem>.png), "
+                f"got the same stem as {stems[path.stem]}"
             )
         stems[path.stem] = path
 

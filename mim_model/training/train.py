@@ -633,7 +633,8 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         "## Training",
         f"- Data: {meta['training_data']}",
         f"- Epochs: best checkpoint at epoch {meta['epoch']}; {meta['epochs_trained']} of {cfg['epochs']} trained "
-        f"(input scale {cfg['input_scale']}, crop {cfg['crop_px']} px, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}, "
+        f"(input scale {cfg['input_scale']}, crop {cfg['crop_px']} px, batch {cfg['batch_size']}, "
+        f"{cfg['optimizer']} lr {cfg['lr']}, "
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
@@ -641,7 +642,8 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",
         "| split | IoU | nIoU | Pd | Fa | images | targets |",
         "|---|---|---|---|---|---|---|",
-        f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | {val['fa']:.3e} | | {val['n_targets']} |",
+        f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | "
+        f"{val['fa']:.3e} | | {val['n_targets']} |",
     ]
     if report:
         lines.append(

@@ -27,7 +27,8 @@ def _show_progress(ctx: click.Context) -> None:
 
 @click.command("train")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoints, metrics.jsonl).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory (checkpoints, metrics.jsonl).")
 @click.option("--epochs", type=int, help="Total epochs; the cosine schedule spans them. [400]")
 @click.option("--crop-px", type=int, help="Training crop side, a multiple of 64. [256]")
 @click.option("--batch-size", type=int, help="Crops per step. [32]")

@@ -152,7 +152,7 @@ def test_to_model_input_normalisation() -> None:
 def test_axis_tiles_partition(size: int, tile: int, halo: int) -> None:
     tiles = axis_tiles(size, tile, halo)
     assert tiles[0][1] == 0 and tiles[-1][2] == size
-    for (s, k0, k1), nxt in zip(tiles, tiles[1:] + [None]):
+    for (s, k0, k1), nxt in zip(tiles, tiles[1:] + [None], strict=True):
         assert s <= k0 < k1 <= s + tile
         if nxt is not None:
             assert k1 == nxt[1]
