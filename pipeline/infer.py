@@ -17,13 +17,12 @@ import numpy.typing as npt
 import torch
 
 from mim_model.ops import scan_backends
-from mim_model.training.evaluate import DEFAULT_THRESHOLD, weights_threshold
-from mim_model.training.inference import autocast_for
+from mim_model.training.inference import DEFAULT_THRESHOLD, autocast_for, weights_input_scale, weights_threshold
 from mim_model.training.preprocess import to_model_input
 from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata, weights_sha256
 from pipeline.errors import InputError
 
-__all__ = ["InferenceSpec", "TilePredictor", "resolve_device", "resolve_threshold", "resolve_weights_path"]
+__all__ = ["InferenceSpec", "TilePredictor", "resolve_device", "resolve_threshold", "resolve_weights_path", "check_tile_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +69,22 @@ def resolve_threshold(spec: InferenceSpec) -> float:
         raise InputError(f"{path}: metadata threshold: expected a number, got {raw!r}") from None
 
 
+def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
+    """The weights' ``input_scale`` (default 1); the scaled tile must stay a multiple of 64."""
+    path = resolve_weights_path(spec)
+    raw = read_metadata(path).get("input_scale", "1.0")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise InputError(f"{path}: metadata input_scale: expected a number, got {raw!r}") from None
+    if round(tile_px * scale) % 64:
+        raise InputError(
+            f"tile_px: the weights run on tiles resized by {scale}; {tile_px} px becomes "
+            f"{round(tile_px * scale)} px, expected a multiple of 64"
+        )
+    return scale
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,15 +99,19 @@ class TilePredictor:
 
     def __init__(self, spec: InferenceSpec) -> None:
         self.spec = spec
+        self.device = resolve_device(spec.device)
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
-        self.device = resolve_device(spec.device)
+        elif self.device.type == "cpu":
+            # Ray sets OMP_NUM_THREADS=1 in its workers; a CPU actor should use the node's cores
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model = load_model(spec.weights_path, device=self.device)
         self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
+        self.input_scale = weights_input_scale(self.model)
         self.weights_sha256 = weights_sha256(resolve_weights_path(spec))
         backends = scan_backends()
         log.info(
@@ -111,13 +130,27 @@ class TilePredictor:
         """(B, T, T) grey tiles in [0, 1] -> (B, T, T) probabilities (float32, host)."""
         if tiles01.ndim != 3 or tiles01.shape[1] != tiles01.shape[2]:
             raise InputError(f"tiles: expected shape (B, T, T), got {tiles01.shape}")
+        side = tiles01.shape[-1]
         batch = torch.from_numpy(np.ascontiguousarray(tiles01, dtype=np.float32))[:, None]
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if self.input_scale != 1.0:
+            # the weights were trained on images resized by this factor: do the same, and back
+            scaled_side = round(side * self.input_scale)
+            if scaled_side % 64:
+                raise InputError(
+                    f"tile_px: {side} px times the weights' input_scale {self.input_scale} is "
+                    f"{scaled_side} px, expected a multiple of 64"
+                )
+            batch = torch.nn.functional.interpolate(batch, size=(scaled_side, scaled_side), mode="bilinear",
+                                                    align_corners=False, antialias=self.input_scale < 1)
         x = to_model_input(batch)
         with autocast_for(self.device, self.spec.amp):
-            logits = self.model(x)
-        return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+            probs = torch.sigmoid(self.model(x).float())
+        if self.input_scale != 1.0:
+            probs = torch.nn.functional.interpolate(probs, size=(side, side), mode="bilinear",
+                                                    align_corners=False, antialias=self.input_scale > 1)
+        return probs[:, 0].cpu().numpy()
 
     def timed_predict(self, tiles01: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float32], float]:
         start = time.perf_counter()

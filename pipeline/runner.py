@@ -41,7 +41,7 @@ from tqdm import tqdm
 from pipeline.config import ScanConfig
 from pipeline.errors import InputError, OutputExistsError
 from mim_model.weights import weights_sha256
-from pipeline.infer import InferenceSpec, TilePredictor, resolve_threshold, resolve_weights_path
+from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, resolve_threshold, resolve_weights_path
 from pipeline.ledger import STATE_DIR, TileLedger
 from pipeline.normalize import NormalizationSpec, NormalizationStats, compute_stats
 from pipeline.scene import SceneInfo, SceneReader, open_scene
@@ -607,6 +607,7 @@ def run_scans(
     with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
         threshold = resolve_threshold(config.inference)
+        check_tile_scale(config.inference, config.tiling.tile_px)
         weights_sha = weights_sha256(resolve_weights_path(config.inference))
         fingerprint = config.output_fingerprint(weights_sha)
         for run in runs:

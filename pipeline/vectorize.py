@@ -17,6 +17,17 @@ true anchor precedes the visible one, so it is outside the chunk too). Memory is
 2 margin)^2); the margin grows only for objects larger than it. A chunk whose own mask has no
 target pixel is answered from one chunk read.
 
+Seams
+-----
+Each chunk is predicted by a different tile, so a target that lies across a chunk border can
+come out of the two tiles as two blobs separated by a one-pixel gap right at the border
+(seen on real scenes). Such pieces are merged into one object: two components are joined
+when one has a pixel just before a gap line next to a chunk border (row or column
+``k*core_px - 1`` or ``k*core_px``) and the other a pixel just after it, at most one pixel
+apart along the border (:func:`merge_across_seams`). An object's area, scores, centroid
+and box count its target pixels only. Away from chunk borders nothing is merged; two real
+objects one pixel apart across a border are reported as one.
+
 Coordinates (pixel-centre convention, as :mod:`pipeline.grid`)
 --------------------------------------------------------------
 ``row``/``col`` are the object's centroid in **index space**: the mean of its pixels' row and
@@ -37,6 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from pipeline.errors import InputError
 from pipeline.stitch import MASK_TARGET
@@ -47,6 +60,7 @@ __all__ = [
     "DEFAULT_MARGIN_PX",
     "Detection",
     "objects_in_region",
+    "merge_across_seams",
     "vectorize_chunk",
     "vectorize_chunks",
     "vectorize_store",
@@ -122,12 +136,53 @@ def _stats(
     )
 
 
+def merge_across_seams(
+    labels: npt.NDArray[np.int32], n: int, region: Window, core_px: int | None
+) -> npt.NDArray[np.int32]:
+    """Merge components split by a one-pixel gap at a chunk border (see "Seams" above). Pure.
+
+    Components A and B are merged when, for a gap line ``c`` in ``{border - 1, border}``,
+    A has a pixel in line ``c - 1`` and B one in line ``c + 1`` at most one pixel apart
+    along the border. Returns labels with merged components sharing one label.
+    """
+    if not core_px or n < 2:
+        return labels
+    pairs = []
+    for transposed, offset in ((False, region.col_off), (True, region.row_off)):
+        lab = labels.T if transposed else labels
+        lines = lab.shape[1]
+        first = -(-(offset + 1) // core_px) * core_px  # first border strictly inside the region
+        for border in range(first, offset + lines, core_px):
+            for gap in (border - 1, border):
+                g = gap - offset
+                if not 1 <= g < lines - 1:
+                    continue
+                before, after = lab[:, g - 1], lab[:, g + 1]
+                for shift in (-1, 0, 1):
+                    a = before[max(0, -shift) : len(before) - max(0, shift)]
+                    b = after[max(0, shift) : len(after) - max(0, -shift)]
+                    hit = (a > 0) & (b > 0) & (a != b)
+                    if hit.any():
+                        pairs.append(np.stack([a[hit], b[hit]], axis=1))
+    if not pairs:
+        return labels
+    edges = np.concatenate(pairs)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n + 1, n + 1))
+    _, component = connected_components(graph, directed=False)
+    # component ids -> new labels 1..k, background stays 0
+    lut = np.zeros(n + 1, dtype=np.int32)
+    _, first_label = np.unique(component[1:], return_inverse=True)
+    lut[1:] = first_label + 1
+    return lut[labels]
+
+
 def objects_in_region(
     mask_region: npt.NDArray[np.integer],
     prob_region: npt.NDArray[np.floating] | None,
     region: Window,
     core: Window,
     scene_shape: tuple[int, int],
+    core_px: int | None = None,
 ) -> tuple[list[Detection], bool]:
     """Objects owned by ``core``, labelled within ``region``. Pure.
 
@@ -143,6 +198,8 @@ def objects_in_region(
         The chunk whose objects are wanted.
     scene_shape : tuple of int
         ``(H, W)``, to tell the scene edge from the region edge.
+    core_px : int or None
+        Chunk side, to bridge one-pixel gaps across chunk borders (None: no bridging).
 
     Returns
     -------
@@ -155,6 +212,10 @@ def objects_in_region(
     labels, n = ndimage.label(mask_region == MASK_TARGET, structure=_EIGHT)
     if n == 0:
         return [], False
+    labels = merge_across_seams(labels, n, region, core_px)
+    # an object must stay clear of a cut region edge by the reach of the seam merge (2 px):
+    # otherwise a piece beyond the edge could belong to it
+    reach = 2 if core_px else 0
     cr0, cc0 = core.row_off - region.row_off, core.col_off - region.col_off
     core_labels = np.unique(labels[cr0 : cr0 + core.height, cc0 : cc0 + core.width])
     core_labels = core_labels[core_labels > 0]
@@ -174,10 +235,10 @@ def objects_in_region(
         if not (cr0 <= anchor_r < cr0 + core.height and cc0 <= anchor_c < cc0 + core.width):
             continue  # anchored before the core in raster order: another chunk owns it
         if (
-            (edge_top and rs.start == 0)
-            or (edge_left and cs.start == 0)
-            or (edge_bottom and rs.stop == region.height)
-            or (edge_right and cs.stop == region.width)
+            (edge_top and rs.start <= reach)
+            or (edge_left and cs.start <= reach)
+            or (edge_bottom and rs.stop >= region.height - reach)
+            or (edge_right and cs.stop >= region.width - reach)
         ):
             return [], True
         prob_box = (
@@ -255,7 +316,7 @@ def vectorize_chunk(
         ).intersection(h, w)
         sl = region.to_slices()
         mask_region = np.asarray(st.mask[sl])
-        found, grow = objects_in_region(mask_region, None, region, core, (h, w))
+        found, grow = objects_in_region(mask_region, None, region, core, (h, w), core_px)
         if not grow:
             break
         margin *= 2
@@ -269,7 +330,7 @@ def vectorize_chunk(
     if not found:
         return []
     prob_region = np.asarray(st.probability[sl])
-    found, _ = objects_in_region(mask_region, prob_region, region, core, (h, w))
+    found, _ = objects_in_region(mask_region, prob_region, region, core, (h, w), core_px)
     if margin > 8 * margin_px:
         log.warning(
             "%s: chunk r%d_c%d: large object, vectorised with a %d px margin",
@@ -325,13 +386,14 @@ def vectorize_store(
 
 
 def vectorize_ref(
-    mask: npt.NDArray[np.integer], probability: npt.NDArray[np.floating]
+    mask: npt.NDArray[np.integer], probability: npt.NDArray[np.floating], core_px: int | None = None
 ) -> list[Detection]:
     """Reference: label a whole in-memory mask at once (O(scene) memory; tests, small scenes).
 
-    Must give exactly what :func:`vectorize_store` gives on the same arrays.
+    Must give exactly what :func:`vectorize_store` gives on the same arrays (pass the store's
+    ``core_px`` for the same seam bridging).
     """
     h, w = mask.shape
     whole = Window(0, 0, h, w)
-    found, _ = objects_in_region(np.asarray(mask), np.asarray(probability), whole, whole, (h, w))
+    found, _ = objects_in_region(np.asarray(mask), np.asarray(probability), whole, whole, (h, w), core_px)
     return sort_detections(found)

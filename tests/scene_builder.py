@@ -112,7 +112,8 @@ def _positions(
     height_px: int, width_px: int, count: int, core_px: int, straddle: int, rng: np.random.Generator,
     min_gap_px: int = 24, border_px: int = 16,
 ) -> list[tuple[int, int]]:
-    """Target centres: ``straddle`` of them on chunk borders (core_px multiples), the rest random."""
+    """Target centres in rows [0, height_px) and columns [0, width_px): ``straddle`` of them
+    on chunk borders (core_px multiples), the rest random."""
     chosen: list[tuple[int, int]] = []
 
     def free(r: int, c: int) -> bool:
@@ -148,12 +149,17 @@ def build_scene(
     seed: int = 0,
     background: Path | None = None,
     nodata_band: tuple[int, int] | None = None,
+    peak_contrast: tuple[float, float] = (0.35, 0.7),
 ) -> list[PastedTarget]:
     """Write a uint16 GeoTIFF (tiled, deflate) with ``count`` pasted targets; return the truth.
 
-    Each chip's contrast is scaled to the scene's dynamic range (0.5..99.99 percentiles, as
-    irscan normalises), so a target keeps the contrast it had in SIRST. ``nodata_band``
-    (row_start, row_stop) marks those rows nodata (value 0, declared as nodata).
+    Each chip keeps its real shape and intensity profile; its peak is set to a contrast drawn
+    uniformly from ``peak_contrast`` times the scene's dynamic range (0.5..99.99 percentiles,
+    as irscan normalises) above the local background. Hot targets (fires, engines, ships in
+    sun glint) stand that far above a SWIR/thermal background; SIRST's own contrasts are
+    relative to 8-bit, mostly sky, images and would vanish in bright, textured land.
+    ``nodata_band`` (row_start, height) marks the rows from row_start on as nodata (value 0,
+    declared as nodata); targets are then placed above it.
     """
     data_dir = shared_data_dir()
     if background is None:
@@ -166,7 +172,8 @@ def build_scene(
     low, high = np.percentile(scene[:: max(1, height_px // 1024), :: max(1, width_px // 1024)], [0.5, 99.99])
     scale = high - low
     truth = []
-    for r, c in _positions(height_px, width_px, count, core_px, straddle, rng):
+    rows_for_targets = nodata_band[0] if nodata_band is not None else height_px
+    for r, c in _positions(rows_for_targets, width_px, count, core_px, straddle, rng):
         chip = chips[int(rng.integers(len(chips)))]
         h, w = chip.mask.shape
         r0, c0 = r - h // 2, c - w // 2
@@ -174,7 +181,9 @@ def build_scene(
             continue
         region = scene[r0 : r0 + h, c0 : c0 + w]
         local = float(np.median(region[~chip.mask])) if (~chip.mask).any() else float(np.median(region))
-        region[chip.mask] = np.maximum(region[chip.mask], local + chip.contrast[chip.mask] * scale)
+        peak = float(rng.uniform(*peak_contrast)) * scale
+        profile = chip.contrast[chip.mask] / float(chip.contrast.max())
+        region[chip.mask] = np.maximum(region[chip.mask], local + profile * peak)
         rr, cc = np.nonzero(chip.mask)
         row, col = float(rr.mean() + r0), float(cc.mean() + c0)
         x, y = transform * (col + 0.5, row + 0.5)
@@ -182,9 +191,9 @@ def build_scene(
     out = np.clip(np.rint(scene), 1, 65535).astype(np.uint16)
     nodata = None
     if nodata_band is not None:
-        out[nodata_band[0] : nodata_band[1]] = 0
+        out[nodata_band[0] :] = 0
         nodata = 0
-        truth = [t for t in truth if not nodata_band[0] - 8 <= t.row < nodata_band[1] + 8]
+        truth = [t for t in truth if t.row < nodata_band[0] - 8]
     profile = {
         "driver": "GTiff", "dtype": "uint16", "count": 1, "height": height_px, "width": width_px,
         "crs": crs_wkt, "transform": transform, "tiled": True, "blockxsize": 512, "blockysize": 512,

@@ -44,8 +44,8 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (the default without -v).")
 def cli(verbose: int, quiet: bool) -> None:
     """irscan: find small infrared targets in large georeferenced scenes."""
-    level = logging.WARNING if quiet else (logging.INFO if verbose < 2 else logging.DEBUG)
+    level = logging.WARNING if quiet or verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

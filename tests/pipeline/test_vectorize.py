@@ -113,8 +113,9 @@ def test_owner_chunk_is_the_anchor_chunk(scene_objects) -> None:
 
 def test_chunked_equals_whole_array_reference(scene_objects) -> None:
     store, mask, prob = scene_objects
-    assert vectorize_store(store) == vectorize_ref(mask, prob)
-    assert vectorize_store(store, margin_px=1) == vectorize_ref(mask, prob)
+    core_px = store.spec.core_px
+    assert vectorize_store(store) == vectorize_ref(mask, prob, core_px)
+    assert vectorize_store(store, margin_px=1) == vectorize_ref(mask, prob, core_px)
 
 
 def test_any_partition_of_chunks_gives_the_same_objects(scene_objects) -> None:
@@ -157,7 +158,7 @@ def test_property_chunked_equals_reference(mask: np.ndarray, margin: int) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         store = _store(Path(tmp), mask, prob, TilingSpec(64, 26))  # core 12
         got = vectorize_store(store, margin_px=margin)
-    ref = vectorize_ref(mask, prob)
+    ref = vectorize_ref(mask, prob, 12)
     assert got == ref
     assert sum(d.area_px for d in got) == int((mask == 1).sum())
 
@@ -165,3 +166,25 @@ def test_property_chunked_equals_reference(mask: np.ndarray, margin: int) -> Non
 def test_detection_is_plain_and_hashable() -> None:
     d = Detection(1.0, 2.0, 1, 0.9, 0.9, 1, 2, 1, 2, 2)
     assert {d: 1}[d] == 1
+
+
+def test_one_pixel_gap_at_a_chunk_border_is_bridged(tmp_path: Path) -> None:
+    """Two tiles can cut one target into two blobs with a one-pixel gap at the chunk border
+    between them: that gap is bridged (one object); the same gap inside a chunk is not."""
+    spec = TilingSpec(64, 16)  # core 32
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:12, 29:32] = 1  # left blob ends at col 31 (chunk 0) ...
+    mask[10:12, 33:35] = 1  # ... right blob starts at col 33: gap at col 32, first col of chunk 1
+    mask[40:42, 45:47] = 1  # same one-pixel gap (col 47), inside chunk 1: two objects
+    mask[40:42, 48:50] = 1
+    mask[30, 70:72] = 1  # a horizontal border (row 32) with a gap at row 31 (last row of chunk 0)
+    mask[32:34, 70:72] = 1
+    prob = np.where(mask == 1, 0.9, 0.0).astype(np.float32)
+    store = _store(tmp_path, mask, prob, spec)
+    found = vectorize_store(store)
+    assert [(d.row_min, d.col_min, d.area_px) for d in found] == [
+        (10, 29, 10), (30, 70, 6), (40, 45, 4), (40, 48, 4),
+    ]
+    bridged = found[0]
+    assert bridged.col == pytest.approx(np.mean([29, 30, 31, 33, 34] * 2))  # gap pixel not counted
+    assert found == vectorize_ref(mask, prob, spec.core_px)
