@@ -185,7 +185,7 @@ def run_job(spec: JobSpec, *, run_id: str | None = None) -> RunOutcome:
         with output_lock(out, run_id):
             code, message, extra = _run_locked(spec, run_id, record)
     except LockedError as err:
-        log.error("%s", err)
+        log.info("%s", err)  # the caller prints the one-line outcome; log files keep it
         return finish(EXIT_LOCKED, str(err))
     return finish(code, message, **extra)
 
@@ -207,7 +207,7 @@ def _run_locked(
             overviews=spec.overviews, statistics=spec.statistics,
         )
     except (IrscanError, MiMError) as err:
-        log.error("%s", err)
+        log.info("%s", err)  # the caller prints the one-line outcome; log files keep it
         return EXIT_BAD_INPUT, str(err), {}
     except Exception as err:
         log.exception("run %s: unexpected error", run_id)
@@ -254,6 +254,6 @@ def execute_job_file(
         if overwrite:
             spec = spec.with_overwrite(True)
     except IrscanError as err:
-        log.error("%s", err)
+        log.info("%s", err)  # the caller prints the one-line outcome; log files keep it
         return RunOutcome(rid, EXIT_BAD_INPUT, EXIT_CODES[EXIT_BAD_INPUT], str(err))
     return run_job(spec, run_id=rid)

@@ -1,0 +1,165 @@
+"""End-to-end scan throughput against model-only throughput, and host memory.
+
+    python bench/bench_pipeline.py --side-px 4096 --tile-px 512 --halo-px 64 --batch-size 8
+    python bench/bench_pipeline.py --side-px 16384 --device cuda --batch-size 16 --scene /data/big.tif
+
+Builds (or reuses, ``--scene``) a uint16 GeoTIFF of ``side_px``^2 from the real Sentinel-2
+B12 sample (mirrored) with SIRST targets, then
+
+1. model-only: a :class:`pipeline.infer.TilePredictor` on random tiles of the same tile
+   size and batch, median Mpx/s counted on tile *cores* (the pixels a scan keeps);
+2. end to end: ``run_scans`` on a local Ray (read tasks, actor pool, Zarr writes,
+   vectorising, vector files), Mpx/s of the scene over the scan's wall time (Ray start-up
+   excluded: it is timed from the first tile read to the last tile written);
+3. host memory: peak summed RSS of this process and all its children (Ray workers), sampled
+   every 0.2 s during the scan.
+
+Prints one JSON object. Run it twice with different ``--side-px`` to see memory stay flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+
+class _PeakRss(threading.Thread):
+    """Samples the summed RSS of this process tree."""
+
+    def __init__(self, period_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.period_s = period_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        me = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            time.sleep(self.period_s)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.join()
+        return self.peak_bytes
+
+
+def model_only(args: argparse.Namespace) -> dict:
+    from pipeline.infer import InferenceSpec, TilePredictor
+
+    predictor = TilePredictor(InferenceSpec(device=args.device, amp=not args.no_amp))
+    tiles = np.random.default_rng(0).random((args.batch_size, args.tile_px, args.tile_px), dtype=np.float32)
+    for _ in range(2):
+        predictor.predict(tiles)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        predictor.predict(tiles)
+        times.append(time.perf_counter() - start)
+    core = args.tile_px - 2 * args.halo_px
+    median = statistics.median(times)
+    return {
+        "device": predictor.device_name,
+        "median_batch_s": round(median, 4),
+        "core_mpx_per_s": round(args.batch_size * core * core / median / 1e6, 3),
+        "tile_mpx_per_s": round(args.batch_size * args.tile_px**2 / median / 1e6, 3),
+    }
+
+
+def end_to_end(args: argparse.Namespace, scene: Path, out_dir: Path) -> dict:
+    import ray
+
+    from pipeline.cli.options import config_from_options
+    from pipeline.runner import run_scans
+
+    config = config_from_options({
+        "tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
+        "device": args.device, "no_amp": args.no_amp, "overwrite": True,
+        "gpus_per_actor": args.gpus_per_actor, "progress": False,
+    })
+    ray.init(include_dashboard=False, configure_logging=False)
+    sampler = _PeakRss()
+    sampler.start()
+    try:
+        start = time.perf_counter()
+        (result,) = run_scans([str(scene)], out_dir, config, overviews=False, statistics=False)
+        wall = time.perf_counter() - start
+    finally:
+        peak = sampler.stop()
+        ray.shutdown()
+    report = result.report
+    return {
+        "scene_mpx": report["mpx"],
+        "tiles": report["tiles"],
+        "detections": result.detections,
+        "scene_wall_s": report["seconds"]["scene_wall"],
+        "mpx_per_s": report["mpx_per_s"],
+        "run_wall_s_incl_ray_start": round(wall, 2),
+        "stage_seconds": report["seconds"],
+        "devices": [d["device"] for d in report["devices"]],
+        "peak_host_rss_mib": round(peak / 2**20, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side-px", type=int, default=4096)
+    parser.add_argument("--scene", type=Path, help="Reuse this GeoTIFF instead of building one.")
+    parser.add_argument("--tile-px", type=int, default=512)
+    parser.add_argument("--halo-px", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--gpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from tests.scene_builder import build_scene, load_target_chips, shared_data_dir
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="irscan-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    scene = args.scene
+    build_s = None
+    if scene is None:
+        scene = work / f"bench_{args.side_px}.tif"
+        if not scene.exists():
+            start = time.perf_counter()
+            data = shared_data_dir()
+            chips = load_target_chips(data / "sirst", "test") if data and (data / "sirst").is_dir() else []
+            build_scene(scene, args.side_px, args.side_px, chips, count=200 if chips else 0,
+                        core_px=args.tile_px - 2 * args.halo_px, straddle=50 if chips else 0)
+            build_s = round(time.perf_counter() - start, 1)
+    result = {
+        "host": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))},
+        "scene": str(scene), "build_s": build_s,
+        "tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
+        "model_only": model_only(args),
+    }
+    result["end_to_end"] = end_to_end(args, scene, work / "out")
+    e2e, model = result["end_to_end"], result["model_only"]
+    result["pipeline_over_model"] = round(e2e["mpx_per_s"] / model["core_mpx_per_s"], 3)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
