@@ -42,11 +42,11 @@ class _PeakRss(threading.Thread):
         super().__init__(daemon=True)
         self.period_s = period_s
         self.peak_bytes = 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
+        while not self._done.is_set():
             total = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
@@ -57,7 +57,7 @@ class _PeakRss(threading.Thread):
             time.sleep(self.period_s)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._done.set()
         self.join()
         return self.peak_bytes
 
