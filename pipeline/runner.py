@@ -164,9 +164,10 @@ class InferenceActor:
     A lock keeps one batch on the device at a time.
     """
 
-    def __init__(self, spec: InferenceSpec) -> None:
+    def __init__(self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset()) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.predictor = TilePredictor(spec)
+        self.fail_tiles = fail_tiles  # drill hook: "scene/tile_id" that must fail (IRSCAN_FAIL_TILES)
         self._device_lock = threading.Lock()
         self._stores_lock = threading.Lock()
         self._stores: dict[str, Any] = {}
@@ -187,11 +188,9 @@ class InferenceActor:
             return self._stores[path]
 
     def process(self, jobs: list[TileJob], *payloads: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-        if os.environ.get("IRSCAN_FAIL_TILES"):  # test hook: tile ids that must fail
-            bad = set(os.environ["IRSCAN_FAIL_TILES"].split(","))
-            hit = [j.tile.tile_id for j in jobs if f"{Path(j.store_path).parent.name}/{j.tile.tile_id}" in bad]
-            if hit:
-                raise RuntimeError(f"injected failure for tiles {hit}")
+        hit = [j.tile.tile_id for j in jobs if f"{Path(j.store_path).parent.name}/{j.tile.tile_id}" in self.fail_tiles]
+        if hit:
+            raise RuntimeError(f"injected failure (IRSCAN_FAIL_TILES) for tiles {hit}")
         tiles01 = np.stack([p[0] for p in payloads])
         with self._device_lock:
             probs, infer_s = self.predictor.timed_predict(tiles01)
@@ -309,8 +308,25 @@ def _open_or_create_store(run: SceneRun, config: ScanConfig, threshold: float, f
 
 
 # ---------------------------------------------------------------------------- the run
+class _Group:
+    """``batch_size`` consecutive tiles of one scene's plan: always run together, so a tile's
+    result never depends on how a run was interrupted (batch composition is fixed)."""
+
+    def __init__(self, jobs: list[TileJob]) -> None:
+        self.jobs = jobs
+        self.payloads: dict[str, Any] = {}  # tile id -> payload ref, for tiles with data
+        self.skipped: list[TileJob] = []
+        self.reads_left = len(jobs)
+
+
 class _Scheduler:
-    """Driver loop: bounded reads, batched actor calls, retries, per-scene completion."""
+    """Driver loop: bounded reads, batched actor calls, retries, per-scene completion.
+
+    Tiles are grouped ``batch_size`` at a time in plan order; a group's tiles with data form
+    one actor call, and its tiles are recorded in the ledger in one append once all of them
+    are written. On resume a group that is not fully recorded is run again whole, with the
+    same composition, so the outputs are the same bytes as an uninterrupted run's.
+    """
 
     def __init__(self, runs: list[SceneRun], config: ScanConfig, threshold: float) -> None:
         self.runs = runs
@@ -318,7 +334,7 @@ class _Scheduler:
         self.threshold = threshold
         count, gpus, cpus = _actor_layout(config)
         self.actor_options = {"num_gpus": gpus, "num_cpus": cpus, "max_concurrency": ACTOR_CALLS_IN_FLIGHT}
-        # CPU actors keep torch's default thread count (the node's cores) unless told otherwise
+        # CPU actors use the node's cores unless torch_threads says otherwise (pipeline.infer)
         self.inference_spec = config.inference
         self.actors = [self._new_actor() for _ in range(count)]
         self.devices = ray.get([a.describe.remote() for a in self.actors])
@@ -326,90 +342,114 @@ class _Scheduler:
         self.actor_load = {a: 0 for a in self.actors}
         batch = config.batch_size
         self.max_in_flight = config.ray.max_tiles_in_flight or max(2 * batch, 4 * batch * count)
-        self.pending: deque[TileJob] = deque()
+        self.tiles_in_flight = 0  # read or being read, not yet finished
+        self.pending: deque[_Group] = deque()
         self.solo: deque[tuple[TileJob, Any]] = deque()  # retried tiles, run one per call
-        self.ready: deque[tuple[TileJob, Any]] = deque()
-        self.reads: dict[Any, tuple[TileJob, Any]] = {}
+        self.ready: deque[tuple[list[TileJob], list[Any]]] = deque()  # batches ready to run
+        self.reads: dict[Any, tuple[_Group, TileJob, Any]] = {}
         self.batches: dict[Any, tuple[Any, list[TileJob], list[Any]]] = {}
-        self.errors: dict[tuple[int, str], str] = {}
 
     def _new_actor(self):
-        return ray.remote(InferenceActor).options(**self.actor_options).remote(self.inference_spec)
+        # IRSCAN_FAIL_TILES=scene/r0_c1,...: failure drill (retries, nodata, report), read here
+        fail_tiles = frozenset(filter(None, os.environ.get("IRSCAN_FAIL_TILES", "").split(",")))
+        return ray.remote(InferenceActor).options(**self.actor_options).remote(self.inference_spec, fail_tiles)
 
     # -- bookkeeping
-    def _finish(self, job: TileJob, status: str, **extra: Any) -> None:
-        run = self.runs[job.scene_idx]
-        record = {"tile": job.tile.tile_id, "status": status, "attempts": job.attempt + 1, **extra}
-        run.finished[job.tile.tile_id] = record
-        run.ledger.append([record])
+    def _finish(self, jobs: list[TileJob], status: str, extras: list[dict[str, Any]] | None = None) -> None:
+        """Record finished tiles of one scene in its ledger, in one fsynced append."""
+        if not jobs:
+            return
+        run = self.runs[jobs[0].scene_idx]
+        records = []
+        for k, job in enumerate(jobs):
+            record = {"tile": job.tile.tile_id, "status": status, "attempts": job.attempt + 1}
+            record.update(extras[k] if extras else {})
+            run.finished[job.tile.tile_id] = record
+            records.append(record)
+        run.ledger.append(records)
         run.last_finish = time.time()
-        self.progress.update(1)
+        self.tiles_in_flight -= len(jobs)
+        self.progress.update(len(jobs))
 
-    def _fail_or_retry(self, job: TileJob, payload_ref: Any, error: str) -> None:
+    def _fail_or_retry(self, job: TileJob, payload_ref: Any, error: str, group: _Group | None = None) -> None:
+        name = self.runs[job.scene_idx].info.name
         if job.attempt < self.config.tile_retries:
-            log.warning("tile %s/%s failed (attempt %d): %s; retrying alone",
-                        self.runs[job.scene_idx].info.name, job.tile.tile_id, job.attempt + 1, error)
+            log.warning("tile %s/%s failed (attempt %d): %s; retrying alone", name, job.tile.tile_id,
+                        job.attempt + 1, error)
             retry = TileJob(job.scene_idx, job.tile, job.store_path, job.threshold, job.attempt + 1)
-            if payload_ref is None:
-                self.pending.appendleft(retry)
+            if payload_ref is None and group is not None:  # the read failed: read it again
+                self._submit_read(group, retry)
             else:
                 self.solo.append((retry, payload_ref))
             return
-        log.error("tile %s/%s failed after %d attempts: %s",
-                  self.runs[job.scene_idx].info.name, job.tile.tile_id, job.attempt + 1, error)
+        log.error("tile %s/%s failed after %d attempts: %s", name, job.tile.tile_id, job.attempt + 1, error)
         prob, mask = nodata_core(job.tile)
         write_core(open_mask_store(job.store_path, mode="r+"), job.tile, prob, mask)
-        self._finish(job, "failed", error=error[:500])
+        if group is not None:
+            group.reads_left -= 1
+            self._group_read_done(group)
+        self._finish([job], "failed", [{"error": error[:500]}])
 
     # -- submission
+    def _submit_read(self, group: _Group, job: TileJob) -> None:
+        run = self.runs[job.scene_idx]
+        if run.first_start is None:
+            run.first_start = time.time()
+        meta_ref, payload_ref = _read_tile.options(num_cpus=self.config.ray.read_cpus).remote(
+            run.info, job.tile, run.stats
+        )
+        self.reads[meta_ref] = (group, job, payload_ref)
+
     def _submit_reads(self) -> None:
-        in_batches = sum(len(jobs) for _, jobs, _ in self.batches.values())
-        while self.pending and len(self.reads) + len(self.ready) + in_batches < self.max_in_flight:
-            job = self.pending.popleft()
-            run = self.runs[job.scene_idx]
-            if run.first_start is None:
-                run.first_start = time.time()
-            meta_ref, payload_ref = _read_tile.options(num_cpus=self.config.ray.read_cpus).remote(
-                run.info, job.tile, run.stats
-            )
-            self.reads[meta_ref] = (job, payload_ref)
+        while self.pending and self.tiles_in_flight + len(self.pending[0].jobs) <= max(
+            self.max_in_flight, len(self.pending[0].jobs)
+        ):
+            group = self.pending.popleft()
+            self.tiles_in_flight += len(group.jobs)
+            for job in group.jobs:
+                self._submit_read(group, job)
 
     def _free_actor(self):
         actor = min(self.actor_load, key=self.actor_load.get)
         return actor if self.actor_load[actor] < ACTOR_CALLS_IN_FLIGHT else None
 
     def _submit_batches(self) -> None:
-        batch = self.config.batch_size
-        while True:
+        while self.solo or self.ready:
             actor = self._free_actor()
             if actor is None:
                 return
-            drain = not self.pending and not self.reads
             if self.solo:
-                group = [self.solo.popleft()]
-            elif len(self.ready) >= batch or (self.ready and drain):
-                group = [self.ready.popleft() for _ in range(min(batch, len(self.ready)))]
+                job, ref = self.solo.popleft()
+                jobs, refs = [job], [ref]
             else:
-                return
-            jobs = [g[0] for g in group]
-            refs = [g[1] for g in group]
+                jobs, refs = self.ready.popleft()
             result_ref = actor.process.remote(jobs, *refs)
             self.batches[result_ref] = (actor, jobs, refs)
             self.actor_load[actor] += 1
 
     # -- completion
+    def _group_read_done(self, group: _Group) -> None:
+        if group.reads_left:
+            return
+        self._finish(group.skipped, "skipped", [{"reason": "core all nodata"}] * len(group.skipped))
+        jobs = [j for j in group.jobs if j.tile.tile_id in group.payloads]  # plan order
+        if jobs:
+            self.ready.append((jobs, [group.payloads[j.tile.tile_id] for j in jobs]))
+
     def _on_read(self, meta_ref: Any) -> None:
-        job, payload_ref = self.reads.pop(meta_ref)
+        group, job, payload_ref = self.reads.pop(meta_ref)
         try:
             meta = ray.get(meta_ref)
         except RayError as exc:
-            self._fail_or_retry(job, None, f"read failed: {_short(exc)}")
+            self._fail_or_retry(job, None, f"read failed: {_short(exc)}", group)
             return
         self.runs[job.scene_idx].read_s += meta["read_s"]
+        group.reads_left -= 1
         if meta["all_nodata"]:
-            self._finish(job, "skipped", reason="all nodata")
+            group.skipped.append(job)
         else:
-            self.ready.append((job, payload_ref))
+            group.payloads[job.tile.tile_id] = payload_ref
+        self._group_read_done(group)
 
     def _on_batch(self, result_ref: Any) -> None:
         actor, jobs, refs = self.batches.pop(result_ref)
@@ -418,8 +458,10 @@ class _Scheduler:
         except RayActorError as exc:
             log.error("inference actor died (%s); replacing it and requeueing %d tiles", _short(exc), len(jobs))
             self._replace_actor(actor)
-            for job, ref in zip(jobs, refs, strict=True):
-                self.ready.appendleft((job, ref))
+            if len(jobs) == 1 and jobs[0].attempt:
+                self.solo.appendleft((jobs[0], refs[0]))
+            else:
+                self.ready.appendleft((jobs, refs))
             return
         except RayTaskError as exc:
             self.actor_load[actor] -= 1
@@ -427,12 +469,10 @@ class _Scheduler:
                 self._fail_or_retry(job, ref, _short(exc))
             return
         self.actor_load[actor] -= 1
-        share = 1.0 / len(jobs)
-        for job, result in zip(jobs, out["results"], strict=True):
-            run = self.runs[job.scene_idx]
-            run.infer_s += out["infer_s"] * share
-            run.write_s += out["write_s"] * share
-            self._finish(job, "done", target_px=result["target_px"])
+        run = self.runs[jobs[0].scene_idx]
+        run.infer_s += out["infer_s"]
+        run.write_s += out["write_s"]
+        self._finish(jobs, "done", [{"target_px": r["target_px"]} for r in out["results"]])
 
     def _replace_actor(self, dead: Any) -> None:
         if dead not in self.actor_load:
@@ -455,10 +495,19 @@ class _Scheduler:
             run.vectorize_refs.append(_vectorize.remote(run.store_path, chunks[k : k + VECTORIZE_CHUNKS_PER_TASK]))
 
     def run(self) -> None:
+        batch = self.config.batch_size
         for idx, run in enumerate(self.runs):
-            for tile in run.tiles:
-                if tile.tile_id not in run.finished:
-                    self.pending.append(TileJob(idx, tile, run.store_path, self.threshold))
+            for start in range(0, len(run.tiles), batch):
+                tiles = run.tiles[start : start + batch]
+                records = [run.finished.get(t.tile_id) for t in tiles]
+                if all(records):
+                    continue  # the whole group is on record
+                # a group interrupted part-way is run again whole (same composition, same bytes)
+                todo = [t for t, rec in zip(tiles, records, strict=True) if not rec or rec["status"] != "skipped"]
+                for t in todo:
+                    run.finished.pop(t.tile_id, None)
+                self.pending.append(_Group([TileJob(idx, t, run.store_path, self.threshold) for t in todo]))
+            run.resumed_tiles = len(run.finished)
         total = sum(len(r.tiles) for r in self.runs)
         already = sum(len(r.finished) for r in self.runs)
         show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()
@@ -480,6 +529,8 @@ class _Scheduler:
             if not waiting:
                 if all(r.done for r in self.runs):
                     return
+                if not (self.pending or self.ready or self.solo):
+                    raise RuntimeError("scheduler stalled: nothing in flight and scenes not finished")
                 continue
             done_refs, _ = ray.wait(waiting, num_returns=1, timeout=5.0, fetch_local=False)
             for ref in done_refs:
