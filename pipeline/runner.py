@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
 from tqdm import tqdm
 
 from pipeline.config import ScanConfig
@@ -377,8 +377,8 @@ class _Scheduler:
             log.warning("tile %s/%s failed (attempt %d): %s; retrying alone", name, job.tile.tile_id,
                         job.attempt + 1, error)
             retry = TileJob(job.scene_idx, job.tile, job.store_path, job.threshold, job.attempt + 1)
-            if payload_ref is None and group is not None:  # the read failed: read it again
-                self._submit_read(group, retry)
+            if payload_ref is None:  # no usable input (read failed, or lost with a node): read again
+                self._submit_read(group or _Group([retry]), retry)
             else:
                 self.solo.append((retry, payload_ref))
             return
@@ -465,8 +465,9 @@ class _Scheduler:
             return
         except RayTaskError as exc:
             self.actor_load[actor] -= 1
+            lost = isinstance(exc, ObjectLostError)  # an input lost with its node: read it again
             for job, ref in zip(jobs, refs, strict=True):
-                self._fail_or_retry(job, ref, _short(exc))
+                self._fail_or_retry(job, None if lost else ref, _short(exc))
             return
         self.actor_load[actor] -= 1
         run = self.runs[jobs[0].scene_idx]
