@@ -164,8 +164,10 @@ class InferenceActor:
     A lock keeps one batch on the device at a time.
     """
 
-    def __init__(self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset()) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    def __init__(
+        self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset(), log_level: int = logging.WARNING
+    ) -> None:
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
         self.predictor = TilePredictor(spec)
         self.fail_tiles = fail_tiles  # drill hook: "scene/tile_id" that must fail (IRSCAN_FAIL_TILES)
         self._device_lock = threading.Lock()
@@ -352,7 +354,9 @@ class _Scheduler:
     def _new_actor(self):
         # IRSCAN_FAIL_TILES=scene/r0_c1,...: failure drill (retries, nodata, report), read here
         fail_tiles = frozenset(filter(None, os.environ.get("IRSCAN_FAIL_TILES", "").split(",")))
-        return ray.remote(InferenceActor).options(**self.actor_options).remote(self.inference_spec, fail_tiles)
+        return ray.remote(InferenceActor).options(**self.actor_options).remote(
+            self.inference_spec, fail_tiles, logging.getLogger().getEffectiveLevel()
+        )
 
     # -- bookkeeping
     def _finish(self, jobs: list[TileJob], status: str, extras: list[dict[str, Any]] | None = None) -> None:
