@@ -56,27 +56,29 @@ def resolve_weights_path(spec: InferenceSpec) -> Path:
     return Path(spec.weights_path) if spec.weights_path else DEFAULT_WEIGHTS_PATH
 
 
+def _metadata_number(spec: InferenceSpec, key: str, default: float) -> float:
+    """A number stored in the weights' metadata, read without loading the network."""
+    path = resolve_weights_path(spec)
+    raw = read_metadata(path).get(key)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"{path}: metadata {key}: expected a number, got {raw!r}") from None
+
+
 def resolve_threshold(spec: InferenceSpec) -> float:
     """The decision threshold without loading the network: the spec's, else the one
     stored with the weights, else 0.5."""
     if spec.threshold is not None:
         return spec.threshold
-    path = resolve_weights_path(spec)
-    raw = read_metadata(path).get("threshold", str(DEFAULT_THRESHOLD))
-    try:
-        return float(raw)
-    except ValueError:
-        raise InputError(f"{path}: metadata threshold: expected a number, got {raw!r}") from None
+    return _metadata_number(spec, "threshold", DEFAULT_THRESHOLD)
 
 
 def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
     """The weights' ``input_scale`` (default 1); the scaled tile must stay a multiple of 64."""
-    path = resolve_weights_path(spec)
-    raw = read_metadata(path).get("input_scale", "1.0")
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise InputError(f"{path}: metadata input_scale: expected a number, got {raw!r}") from None
+    scale = _metadata_number(spec, "input_scale", 1.0)
     if round(tile_px * scale) % 64:
         raise InputError(
             f"tile_px: the weights run on tiles resized by {scale}; {tile_px} px becomes "
