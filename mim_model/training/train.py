@@ -162,6 +162,9 @@ class TrainConfig:
         Stop (with a checkpoint) before this many minutes have passed; None: no limit.
     augment : Augment
         Augmentation settings.
+    init_weights : str or None
+        Safetensors weights to start from (fine-tuning) when the run starts afresh; their
+        layout and input scale must match this config. Ignored when resuming.
     """
 
     data_dir: str
@@ -193,6 +196,7 @@ class TrainConfig:
     eval_batch_size: int = 8
     time_budget_min: float | None = None
     augment: Augment = field(default_factory=Augment)
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> TrainError:
@@ -283,6 +287,29 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise TrainError(f"checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, got {got!r}")
     return ckpt
+
+
+def _load_init_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """Start from ``cfg.init_weights`` (safetensors) after checking layout and input scale."""
+    from mim_model.weights import WeightsError, _check_and_load, load_safetensors
+
+    path = Path(str(cfg.init_weights))
+    try:
+        state, meta = load_safetensors(path)
+    except WeightsError as exc:
+        raise TrainError(f"train config init_weights: {exc}") from None
+    for key, want in (("layout", cfg.layout), ("input_scale", cfg.input_scale)):
+        got = meta.get(key)
+        if got is None:
+            continue
+        same = float(got) == float(want) if key == "input_scale" else got == want
+        if not same:
+            raise TrainError(f"train config init_weights: {path} has {key} {got!r}, expected {want!r} as configured")
+    try:
+        _check_and_load(model, state, path)  # type: ignore[arg-type]
+    except WeightsError as exc:
+        raise TrainError(f"train config init_weights: {exc}") from None
+    log.info("starting from %s", path)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -458,6 +485,8 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         metrics_path.write_text("")
         for p in (last_path, best_path):
             p.unlink(missing_ok=True)
+        if cfg.init_weights is not None:
+            _load_init_weights(model, cfg)
 
     log.info(
         "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s",
@@ -637,6 +666,8 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"{cfg['optimizer']} lr {cfg['lr']}, "
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
+        *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule)."]
+          if cfg.get("init_weights") else []),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
         "",
         "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",

@@ -49,6 +49,7 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--eval-every", type=int, help="Evaluate on val every N epochs. [10]")
 @click.option("--time-budget-min", type=float, help="Stop with a checkpoint before this many minutes.")
 @click.option("--seed", type=int, help="[0]")
+@click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA. [on]")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path),

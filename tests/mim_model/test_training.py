@@ -242,3 +242,29 @@ def test_config_validation() -> None:
         TrainConfig(data_dir="d", out_dir="o", crop_px=100)
     cfg = TrainConfig(data_dir="d", out_dir="o")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@needs_sirst
+def test_fine_tuning_starts_from_the_given_weights(tiny_sirst: Path, tmp_path: Path) -> None:
+    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_safetensors
+
+    start, _ = load_safetensors(DEFAULT_WEIGHTS_PATH)
+    # lr so small that one epoch cannot move a weight measurably: best.pt is the start
+    cfg = _config(tiny_sirst, tmp_path / "ft", epochs=1, eval_every=1, lr=1e-12, warmup_epochs=0.0,
+                  init_weights=str(DEFAULT_WEIGHTS_PATH))
+    train(cfg)
+    tuned = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)["model"]
+    learned = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(learned) > 100  # batch-norm statistics move with the data, not the lr
+    for name in learned:
+        torch.testing.assert_close(tuned[name], start[name], rtol=0, atol=1e-6, msg=name)
+    card = export(tmp_path / "ft" / "best.pt", tmp_path / "w" / "ft.safetensors")["card"]
+    assert "Fine-tuned from `mim_sirst.safetensors`" in Path(card).read_text()
+
+
+def test_fine_tuning_refuses_weights_of_another_input_scale(tiny_sirst: Path, tmp_path: Path) -> None:
+    from mim_model.weights import DEFAULT_WEIGHTS_PATH
+
+    cfg = _config(tiny_sirst, tmp_path / "bad", epochs=1, input_scale=1.0, init_weights=str(DEFAULT_WEIGHTS_PATH))
+    with pytest.raises(TrainError, match=r"init_weights: .*mim_sirst.safetensors has input_scale '2.0', expected 1.0"):
+        train(cfg)
