@@ -11,8 +11,9 @@ B12 sample (mirrored) with SIRST targets, then
 2. end to end: ``run_scans`` on a local Ray (read tasks, actor pool, Zarr writes,
    vectorising, vector files), Mpx/s of the scene over the scan's wall time (Ray start-up
    excluded: it is timed from the first tile read to the last tile written);
-3. host memory: peak summed RSS of this process and all its children (Ray workers), sampled
-   every 0.2 s during the scan.
+3. host memory: peak summed PSS (and RSS, which counts Ray's shared object store once per
+   worker) of this process and all its children (Ray's daemons and workers), sampled every
+   0.5 s during the scan.
 
 Prints one JSON object. Run it twice with different ``--side-px`` to see memory stay flat.
 """
@@ -35,31 +36,41 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 
-class _PeakRss(threading.Thread):
-    """Samples the summed RSS of this process tree."""
+class _PeakMemory(threading.Thread):
+    """Samples the host memory of this process tree (the driver, Ray's daemons and workers).
 
-    def __init__(self, period_s: float = 0.2) -> None:
+    Two sums: RSS, which counts a shared page (Ray's object store is shared memory mapped
+    into every worker that touched it) once per process, and PSS (proportional set size),
+    which splits each shared page between the processes that map it and so adds up to the
+    memory really used.
+    """
+
+    def __init__(self, period_s: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.period_s = period_s
-        self.peak_bytes = 0
+        self.peak_rss_bytes = 0
+        self.peak_pss_bytes = 0
         self._done = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process(os.getpid())
         while not self._done.is_set():
-            total = 0
+            rss = pss = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    info = proc.memory_full_info()
                 except psutil.Error:
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
+                    continue
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             time.sleep(self.period_s)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._done.set()
         self.join()
-        return self.peak_bytes
+        return self.peak_rss_bytes, self.peak_pss_bytes
 
 
 def model_only(args: argparse.Namespace) -> dict:
@@ -96,14 +107,14 @@ def end_to_end(args: argparse.Namespace, scene: Path, out_dir: Path) -> dict:
         "gpus_per_actor": args.gpus_per_actor, "num_actors": args.num_actors, "progress": False,
     })
     ray.init(include_dashboard=False, configure_logging=False)
-    sampler = _PeakRss()
+    sampler = _PeakMemory()
     sampler.start()
     try:
         start = time.perf_counter()
         (result,) = run_scans([str(scene)], out_dir, config, overviews=False, statistics=False)
         wall = time.perf_counter() - start
     finally:
-        peak = sampler.stop()
+        peak_rss, peak_pss = sampler.stop()
         ray.shutdown()
     report = result.report
     return {
@@ -117,7 +128,10 @@ def end_to_end(args: argparse.Namespace, scene: Path, out_dir: Path) -> dict:
         "run_wall_s_incl_ray_start": round(wall, 2),
         "stage_seconds": report["seconds"],
         "devices": [d["device"] for d in report["devices"]],
-        "peak_host_rss_mib": round(peak / 2**20, 1),
+        "peak_host_pss_mib": round(peak_pss / 2**20, 1),
+        "peak_host_rss_sum_mib": round(peak_rss / 2**20, 1),
+        "actor_start_s": report["seconds"].get("actor_start"),
+        "device_busy": report.get("device_busy"),
     }
 
 

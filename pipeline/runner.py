@@ -1,6 +1,7 @@
 """Run scans on Ray: read tiles in CPU tasks, infer in an actor pool, write chunks, vectorise.
 
-The only module of :mod:`pipeline` that imports ``ray``.
+With :mod:`pipeline.tasks` (the Ray tasks, kept free of torch so that read workers start
+fast), the only module of :mod:`pipeline` that imports ``ray``.
 
 Flow (all scenes of a run share one actor pool, so the GPUs do not idle between scenes)::
 
@@ -43,11 +44,14 @@ from pipeline.errors import InputError, OutputExistsError
 from mim_model.weights import weights_sha256
 from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, resolve_threshold, resolve_weights_path
 from pipeline.ledger import STATE_DIR, TileLedger
-from pipeline.normalize import NormalizationSpec, NormalizationStats, compute_stats
-from pipeline.scene import SceneInfo, SceneReader, open_scene
-from pipeline.stitch import MASK_TARGET, core_is_nodata, nodata_core, stitch_core
+from pipeline.normalize import NormalizationStats
+from pipeline.scene import SceneInfo, open_scene
+from pipeline.stitch import MASK_TARGET, nodata_core, stitch_core
+from pipeline.tasks import read_tile_task as _read_tile
+from pipeline.tasks import scene_stats_task as _scene_stats
+from pipeline.tasks import vectorize_task as _vectorize
 from pipeline.tiling import Tile, plan_tiles
-from pipeline.vectorize import Detection, sort_detections, vectorize_chunks
+from pipeline.vectorize import Detection, sort_detections
 from pipeline.write_vectors import detections_frame, write_detections
 from pipeline.write_zarr import MASK_ZARR, create_mask_store, open_mask_store, write_core
 
@@ -55,7 +59,7 @@ __all__ = ["run_scans", "SceneResult", "connect_ray", "prepare_scene_dirs"]
 
 log = logging.getLogger(__name__)
 
-ACTOR_CALLS_IN_FLIGHT = 2  # per actor: one computing while the previous one writes
+ACTOR_CALLS_IN_FLIGHT = 3  # per actor: one computing, the previous one writing, the next one queued
 VECTORIZE_CHUNKS_PER_TASK = 64
 
 
@@ -88,6 +92,7 @@ class SceneRun:
     write_s: float = 0.0
     vectorize_s: float = 0.0
     first_start: float | None = None
+    first_batch_done: float | None = None
     last_finish: float | None = None
     vectorize_refs: list[Any] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
@@ -117,58 +122,26 @@ class SceneResult:
     report: dict[str, Any]
 
 
-# ---------------------------------------------------------------------------- remote work
-_READERS: dict[tuple[str, int], SceneReader] = {}  # per worker process: one open dataset per scene
-
-
-def _reader(scene: SceneInfo) -> SceneReader:
-    key = (scene.path, scene.band)
-    if key not in _READERS:
-        if len(_READERS) >= 8:
-            _READERS.pop(next(iter(_READERS))).close()
-        _READERS[key] = SceneReader(scene)
-    return _READERS[key]
-
-
-@ray.remote(num_returns=2, max_retries=2, retry_exceptions=[OSError])
-def _read_tile(scene: SceneInfo, tile: Tile, stats: NormalizationStats) -> tuple[dict, Any]:
-    """Read one tile (window + halo), normalise it. Returns (meta, payload).
-
-    payload is (tile01 float32 (T, T), valid bool (T, T)), or None when the tile's core has
-    no valid pixel (its chunk keeps the store's nodata fill).
-    """
-    start = time.perf_counter()
-    data = _reader(scene).read_tile(tile)
-    if core_is_nodata(tile, data.valid):
-        return {"all_nodata": True, "read_s": time.perf_counter() - start}, None
-    tile01 = stats.apply(data.pixels)
-    return {"all_nodata": False, "read_s": time.perf_counter() - start}, (tile01, data.valid)
-
-
-@ray.remote
-def _scene_stats(scene: SceneInfo, spec: NormalizationSpec) -> NormalizationStats:
-    return compute_stats(scene, spec)
-
-
-@ray.remote
-def _vectorize(store_path: str, chunk_indices: list[tuple[int, int]]) -> tuple[list[Detection], float]:
-    start = time.perf_counter()
-    found = vectorize_chunks(store_path, chunk_indices)
-    return found, time.perf_counter() - start
-
-
 class InferenceActor:
     """Holds one MiM replica; runs batches and writes each tile's core chunk.
 
-    Runs with ``max_concurrency=2``: while one call writes its chunks, the next one computes.
-    A lock keeps one batch on the device at a time.
+    Runs with ``max_concurrency=ACTOR_CALLS_IN_FLIGHT``: while one call writes its chunks,
+    the next one computes and a third waits its turn, so the device never waits for the
+    driver. A lock keeps one batch on the device at a time. On a GPU the actor runs one
+    batch of ``warmup_shape`` (batch, tile side) at start, so that cuDNN's algorithm search
+    and the CUDA kernels' first launches happen before the first scene's clock starts.
     """
 
     def __init__(
-        self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset(), log_level: int = logging.WARNING
+        self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset(), log_level: int = logging.WARNING,
+        warmup_shape: tuple[int, int] | None = None,
     ) -> None:
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
         self.predictor = TilePredictor(spec)
+        self.warmup_s = 0.0
+        if warmup_shape is not None and self.predictor.device.type == "cuda":
+            batch, side = warmup_shape
+            _, self.warmup_s = self.predictor.timed_predict(np.zeros((batch, side, side), np.float32))
         self.fail_tiles = fail_tiles  # drill hook: "scene/tile_id" that must fail (IRSCAN_FAIL_TILES)
         self._device_lock = threading.Lock()
         self._stores_lock = threading.Lock()
@@ -181,6 +154,7 @@ class InferenceActor:
             "node": ray.get_runtime_context().get_node_id(),
             "threshold": self.predictor.threshold,
             "weights_sha256": self.predictor.weights_sha256,
+            "warmup_s": round(self.warmup_s, 3),
         }
 
     def _store(self, path: str):
@@ -338,12 +312,14 @@ class _Scheduler:
         self.actor_options = {"num_gpus": gpus, "num_cpus": cpus, "max_concurrency": ACTOR_CALLS_IN_FLIGHT}
         # CPU actors use the node's cores unless torch_threads says otherwise (pipeline.infer)
         self.inference_spec = config.inference
+        start = time.perf_counter()
         self.actors = [self._new_actor() for _ in range(count)]
         self.devices = ray.get([a.describe.remote() for a in self.actors])
+        self.actor_start_s = time.perf_counter() - start  # model load (+ GPU warm-up), all actors
         log.info("%d inference actor(s): %s", count, ", ".join(d["device"] for d in self.devices))
         self.actor_load = {a: 0 for a in self.actors}
         batch = config.batch_size
-        self.max_in_flight = config.ray.max_tiles_in_flight or max(2 * batch, 4 * batch * count)
+        self.max_in_flight = config.ray.max_tiles_in_flight or max(2 * batch, 8 * batch * count)
         self.tiles_in_flight = 0  # read or being read, not yet finished
         self.pending: deque[_Group] = deque()
         self.solo: deque[tuple[TileJob, Any]] = deque()  # retried tiles, run one per call
@@ -355,7 +331,8 @@ class _Scheduler:
         # IRSCAN_FAIL_TILES=scene/r0_c1,...: failure drill (retries, nodata, report), read here
         fail_tiles = frozenset(filter(None, os.environ.get("IRSCAN_FAIL_TILES", "").split(",")))
         return ray.remote(InferenceActor).options(**self.actor_options).remote(
-            self.inference_spec, fail_tiles, logging.getLogger().getEffectiveLevel()
+            self.inference_spec, fail_tiles, logging.getLogger().getEffectiveLevel(),
+            (self.config.batch_size, self.config.tiling.tile_px),
         )
 
     # -- bookkeeping
@@ -475,6 +452,8 @@ class _Scheduler:
             return
         self.actor_load[actor] -= 1
         run = self.runs[jobs[0].scene_idx]
+        if run.first_batch_done is None:
+            run.first_batch_done = time.time()
         run.infer_s += out["infer_s"]
         run.write_s += out["write_s"]
         self._finish(jobs, "done", [{"target_px": r["target_px"]} for r in out["results"]])
@@ -567,7 +546,7 @@ def _short(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------- outputs
 def _write_scene_outputs(
-    run: SceneRun, config: ScanConfig, devices: list[dict], wall_s: float, weights_sha: str
+    run: SceneRun, config: ScanConfig, devices: list[dict], wall_s: float, weights_sha: str, actor_start_s: float
 ) -> SceneResult:
     from pipeline.quicklook import write_quicklook
 
@@ -605,10 +584,15 @@ def _write_scene_outputs(
             "vectorize_total": round(run.vectorize_s, 3),
             "outputs": round(output_s, 3),
             "scene_wall": round(scene_wall, 3),
+            "to_first_batch": round(run.first_batch_done - run.first_start, 3)
+            if run.first_batch_done and run.first_start else None,
+            "actor_start": round(actor_start_s, 3),
             "run_wall": round(wall_s, 3),
         },
         "mpx": round(mpx, 3),
         "mpx_per_s": round(mpx / scene_wall, 3) if scene_wall > 0 else None,
+        # the inference actors' share of the scene's wall time spent in forward passes
+        "device_busy": round(run.infer_s / (scene_wall * len(devices)), 3) if scene_wall > 0 and devices else None,
         "devices": devices,
         "weights_sha256": weights_sha,
         "config": config.to_dict(),
@@ -676,7 +660,10 @@ def run_scans(
             scheduler = _Scheduler(runs, config, threshold)
             scheduler.run()
             wall_s = time.time() - wall_start
-            results = [_write_scene_outputs(r, config, scheduler.devices, wall_s, weights_sha) for r in runs]
+            results = [
+                _write_scene_outputs(r, config, scheduler.devices, wall_s, weights_sha, scheduler.actor_start_s)
+                for r in runs
+            ]
             if overviews or statistics:
                 for result in results:
                     postprocess_scene(result.out_dir, overviews=overviews, statistics=statistics)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare a bare GPU machine of the device tool (no package index) for irscan.
 # Run from the repo root there, with the carried folders:
-#   .gpu/mamba        copy of ../shared/gpu (mamba_ssm sdist + build script)
+#   .gpu/mamba        copy of ../shared/gpu (mamba_ssm sdist + build script), or
+#   .gpu/mambawhl     a mamba_ssm wheel built on an earlier machine, cut in pieces of < 16 MiB
+#                     (to come back through $OUT) with its mamba.sha256: installed, not rebuilt
 #   .gpu/sirst        copy of ../shared/data/sirst (training and the bf16 check only)
 #   .gpu/data         shared data needed by benchmarks (the Sentinel-2 B12 crop)
 #   .gpustage/part-N  one wheel part per call (../shared/gpu/stage-wheels.py); .gpu/stage-meta
@@ -13,7 +15,15 @@
 #   python3 -m pytest -m gpu --noconftest tests/mim_model
 set -euo pipefail
 mkdir -p /root/site /root/stage /root/data
-if ! PYTHONPATH=/root/site python3 -c "import selective_scan_cuda" 2>/dev/null; then
+# selective_scan_cuda links against libtorch: import torch first
+if ! PYTHONPATH=/root/site python3 -c "import torch, selective_scan_cuda" 2>/dev/null && [ -f .gpu/mambawhl/mamba.sha256 ]; then
+  whl=$(awk '{print $2}' .gpu/mambawhl/mamba.sha256)
+  cat .gpu/mambawhl/"$whl".piece-* > "/root/$whl"
+  (cd /root && sha256sum -c "$OLDPWD/.gpu/mambawhl/mamba.sha256")
+  python3 -m pip install -q --no-deps --no-index --target /root/site "/root/$whl"
+  echo "mamba_ssm installed from the prebuilt wheel $whl"
+fi
+if ! PYTHONPATH=/root/site python3 -c "import torch, selective_scan_cuda" 2>/dev/null; then
   start=$(date +%s)
   if ! bash .gpu/mamba/build-mamba-ssm.sh /root/wheels >/root/mamba-build.log 2>&1; then
     tail -40 /root/mamba-build.log
@@ -26,7 +36,7 @@ if [ -d .gpu/sirst ] && [ ! -d /root/data/sirst ]; then cp -r .gpu/sirst /root/d
 if [ -d .gpu/data ]; then cp -rn .gpu/data/. /root/data/; fi
 for part in .gpustage/part-*; do
   [ -d "$part" ] || continue
-  cp -n "$part"/* /root/stage/
+  cp --update=none "$part"/* /root/stage/
   touch "/root/stage/.got-$(basename "$part")"
 done
 if [ -f .gpu/stage-meta/PARTS ] && [ ! -f /root/site/.wheels-installed ]; then
