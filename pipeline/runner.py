@@ -50,6 +50,7 @@ from pipeline.stitch import MASK_TARGET, nodata_core, stitch_core
 from pipeline.tasks import read_tile_task as _read_tile
 from pipeline.tasks import scene_stats_task as _scene_stats
 from pipeline.tasks import vectorize_task as _vectorize
+from pipeline.tasks import warm_worker_task
 from pipeline.tiling import Tile, plan_tiles
 from pipeline.vectorize import Detection, sort_detections
 from pipeline.write_vectors import detections_frame, write_detections
@@ -127,21 +128,26 @@ class InferenceActor:
 
     Runs with ``max_concurrency=ACTOR_CALLS_IN_FLIGHT``: while one call writes its chunks,
     the next one computes and a third waits its turn, so the device never waits for the
-    driver. A lock keeps one batch on the device at a time. On a GPU the actor runs one
-    batch of ``warmup_shape`` (batch, tile side) at start, so that cuDNN's algorithm search
-    and the CUDA kernels' first launches happen before the first scene's clock starts.
+    driver. A lock keeps one batch on the device at a time.
+
+    On a GPU, ``batch_shape`` (batch, tile side) fixes the shape the network sees: the actor
+    runs one such batch at start (cuDNN's algorithm search and the kernels' first launches
+    happen before the first scene's clock starts) and pads every smaller batch (a group with
+    all-nodata tiles, a scene's last group, a retried tile) with empty tiles to that size,
+    because cuDNN searches again, for seconds, for each new input shape.
     """
 
     def __init__(
         self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset(), log_level: int = logging.WARNING,
-        warmup_shape: tuple[int, int] | None = None,
+        batch_shape: tuple[int, int] | None = None,
     ) -> None:
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
         self.predictor = TilePredictor(spec)
         self.warmup_s = 0.0
-        if warmup_shape is not None and self.predictor.device.type == "cuda":
-            batch, side = warmup_shape
-            _, self.warmup_s = self.predictor.timed_predict(np.zeros((batch, side, side), np.float32))
+        self.fixed_batch: int | None = None
+        if batch_shape is not None and self.predictor.device.type == "cuda":
+            self.fixed_batch, side = batch_shape
+            _, self.warmup_s = self.predictor.timed_predict(np.zeros((self.fixed_batch, side, side), np.float32))
         self.fail_tiles = fail_tiles  # drill hook: "scene/tile_id" that must fail (IRSCAN_FAIL_TILES)
         self._device_lock = threading.Lock()
         self._stores_lock = threading.Lock()
@@ -168,8 +174,13 @@ class InferenceActor:
         if hit:
             raise RuntimeError(f"injected failure (IRSCAN_FAIL_TILES) for tiles {hit}")
         tiles01 = np.stack([p[0] for p in payloads])
+        count = len(tiles01)
+        if self.fixed_batch is not None and count < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - count, *tiles01.shape[1:]), tiles01.dtype)
+            tiles01 = np.concatenate([tiles01, pad])
         with self._device_lock:
             probs, infer_s = self.predictor.timed_predict(tiles01)
+        probs = probs[:count]
         start = time.perf_counter()
         results = []
         for job, prob, (_, valid) in zip(jobs, probs, payloads, strict=True):
@@ -314,7 +325,14 @@ class _Scheduler:
         self.inference_spec = config.inference
         start = time.perf_counter()
         self.actors = [self._new_actor() for _ in range(count)]
+        # while the actors load the network, start the read workers (each imports rasterio,
+        # zarr, ... once): otherwise the first tiles wait seconds for worker processes
+        read_cpus = config.ray.read_cpus
+        readers = int((ray.available_resources().get("CPU", 0.0) - count * cpus) / read_cpus)
+        warm = [warm_worker_task.options(num_cpus=read_cpus).remote() for _ in range(max(0, min(readers, 64)))]
         self.devices = ray.get([a.describe.remote() for a in self.actors])
+        if warm:  # a head start only: never waited on for long
+            ray.wait(warm, num_returns=len(warm), timeout=30.0)
         self.actor_start_s = time.perf_counter() - start  # model load (+ GPU warm-up), all actors
         log.info("%d inference actor(s): %s", count, ", ".join(d["device"] for d in self.devices))
         self.actor_load = {a: 0 for a in self.actors}
