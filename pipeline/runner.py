@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ class InferenceActor:
 
     Runs with ``max_concurrency=ACTOR_CALLS_IN_FLIGHT``: while one call writes its chunks,
     the next one computes and a third waits its turn, so the device never waits for the
-    driver. A lock keeps one batch on the device at a time.
+    driver. One device thread runs the batches, one at a time.
 
     On a GPU, ``batch_shape`` (batch, tile side) fixes the shape the network sees: the actor
     runs one such batch at start (cuDNN's algorithm search and the kernels' first launches
@@ -143,13 +144,16 @@ class InferenceActor:
     ) -> None:
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
         self.predictor = TilePredictor(spec)
+        # every forward pass runs on this one thread: cuDNN's algorithm search (cudnn.benchmark)
+        # is paid again, ~2 s, by each new thread and each new input shape (measured on H200)
+        self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="irscan-device")
         self.warmup_s = 0.0
         self.fixed_batch: int | None = None
         if batch_shape is not None and self.predictor.device.type == "cuda":
             self.fixed_batch, side = batch_shape
-            _, self.warmup_s = self.predictor.timed_predict(np.zeros((self.fixed_batch, side, side), np.float32))
+            warm = np.zeros((self.fixed_batch, side, side), np.float32)
+            _, self.warmup_s = self._device_thread.submit(self.predictor.timed_predict, warm).result()
         self.fail_tiles = fail_tiles  # drill hook: "scene/tile_id" that must fail (IRSCAN_FAIL_TILES)
-        self._device_lock = threading.Lock()
         self._stores_lock = threading.Lock()
         self._stores: dict[str, Any] = {}
 
@@ -178,8 +182,7 @@ class InferenceActor:
         if self.fixed_batch is not None and count < self.fixed_batch:
             pad = np.zeros((self.fixed_batch - count, *tiles01.shape[1:]), tiles01.dtype)
             tiles01 = np.concatenate([tiles01, pad])
-        with self._device_lock:
-            probs, infer_s = self.predictor.timed_predict(tiles01)
+        probs, infer_s = self._device_thread.submit(self.predictor.timed_predict, tiles01).result()
         probs = probs[:count]
         start = time.perf_counter()
         results = []
