@@ -22,7 +22,10 @@ from mim_model.training.preprocess import to_model_input
 from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata, weights_sha256
 from pipeline.errors import InputError
 
-__all__ = ["InferenceSpec", "TilePredictor", "resolve_device", "resolve_threshold", "resolve_weights_path", "check_tile_scale"]
+__all__ = [
+    "InferenceSpec", "TilePredictor", "check_tile_scale", "pad_batch", "resolve_device", "resolve_threshold",
+    "resolve_weights_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,20 @@ def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
             f"{round(tile_px * scale)} px, expected a multiple of 64"
         )
     return scale
+
+
+def pad_batch(tiles01: npt.NDArray[np.float32], batch_size: int) -> npt.NDArray[np.float32]:
+    """(B, T, T) tiles padded with empty tiles to (batch_size, T, T) when B < batch_size.
+
+    On a GPU every new input shape costs cuDNN a new algorithm search (seconds with
+    ``cudnn.benchmark``), so actors run every batch at one size; in eval mode each tile's
+    result does not depend on the others in its batch.
+    """
+    count = len(tiles01)
+    if count >= batch_size:
+        return tiles01
+    pad = np.zeros((batch_size - count, *tiles01.shape[1:]), tiles01.dtype)
+    return np.concatenate([tiles01, pad])
 
 
 def resolve_device(name: str) -> torch.device:

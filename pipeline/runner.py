@@ -43,7 +43,14 @@ from tqdm import tqdm
 from pipeline.config import ScanConfig
 from pipeline.errors import InputError, OutputExistsError
 from mim_model.weights import weights_sha256
-from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, resolve_threshold, resolve_weights_path
+from pipeline.infer import (
+    InferenceSpec,
+    TilePredictor,
+    check_tile_scale,
+    pad_batch,
+    resolve_threshold,
+    resolve_weights_path,
+)
 from pipeline.ledger import STATE_DIR, TileLedger
 from pipeline.normalize import NormalizationStats
 from pipeline.scene import SceneInfo, open_scene
@@ -179,9 +186,8 @@ class InferenceActor:
             raise RuntimeError(f"injected failure (IRSCAN_FAIL_TILES) for tiles {hit}")
         tiles01 = np.stack([p[0] for p in payloads])
         count = len(tiles01)
-        if self.fixed_batch is not None and count < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - count, *tiles01.shape[1:]), tiles01.dtype)
-            tiles01 = np.concatenate([tiles01, pad])
+        if self.fixed_batch is not None:
+            tiles01 = pad_batch(tiles01, self.fixed_batch)
         probs, infer_s = self._device_thread.submit(self.predictor.timed_predict, tiles01).result()
         probs = probs[:count]
         start = time.perf_counter()
