@@ -2,6 +2,10 @@
 
     python bench/bench_pipeline.py --side-px 4096 --tile-px 512 --halo-px 64 --batch-size 8
     python bench/bench_pipeline.py --side-px 16384 --device cuda --batch-size 16 --scene /data/big.tif
+    # multi-GPU scaling: the same run with --num-actors 1 and 2 (one GPU each); --copies N
+    # scans the scene N times in one run, as a job of N scenes sharing the actor pool
+    python bench/bench_pipeline.py --side-px 16384 --device cuda --batch-size 16 --num-actors 2 \
+        --skip-model-only --copies 3
 
 Builds (or reuses, ``--scene``) a uint16 GeoTIFF of ``side_px``^2 from the real Sentinel-2
 B12 sample (mirrored) with SIRST targets, then
@@ -15,7 +19,9 @@ B12 sample (mirrored) with SIRST targets, then
    worker) of this process and all its children (Ray's daemons and workers), sampled every
    0.5 s during the scan.
 
-Prints one JSON object. Run it twice with different ``--side-px`` to see memory stay flat.
+Prints one JSON object (with ``job_*`` figures over all scenes when ``--copies`` > 1; the
+per-scene figures are the first scene's). Run it twice with different ``--side-px`` to see
+memory stay flat.
 """
 
 from __future__ import annotations
@@ -106,18 +112,40 @@ def end_to_end(args: argparse.Namespace, scene: Path, out_dir: Path) -> dict:
         "device": args.device, "no_amp": args.no_amp, "overwrite": True,
         "gpus_per_actor": args.gpus_per_actor, "num_actors": args.num_actors, "progress": False,
     })
+    scenes = [scene]
+    if args.copies > 1:  # one job of several scenes: links to the same file, named apart
+        links = out_dir.parent / "copies"
+        links.mkdir(parents=True, exist_ok=True)
+        scenes = []
+        for k in range(args.copies):
+            link = links / f"{scene.stem}_copy{k}{scene.suffix}"
+            if not link.exists():
+                link.symlink_to(scene.resolve())
+            scenes.append(link)
     ray.init(include_dashboard=False, configure_logging=False)
     sampler = _PeakMemory()
     sampler.start()
     try:
         start = time.perf_counter()
-        (result,) = run_scans([str(scene)], out_dir, config, overviews=False, statistics=False)
+        results = run_scans([str(s) for s in scenes], out_dir, config, overviews=False, statistics=False)
         wall = time.perf_counter() - start
     finally:
         peak_rss, peak_pss = sampler.stop()
         ray.shutdown()
+    result = results[0]
     report = result.report
-    return {
+    job = {}
+    if len(results) > 1:
+        reports = [r.report for r in results]
+        job_wall = max(r["tiles_finished_unix"] for r in reports) - min(r["tiles_started_unix"] for r in reports)
+        done = sum(r["tiles"]["done"] for r in reports)
+        job = {
+            "scenes": len(reports),
+            "job_tiles_wall_s": round(job_wall, 3),
+            "job_tiles_per_s": round(done / job_wall, 2),
+            "job_mpx_per_s": round(sum(r["mpx"] for r in reports) / job_wall, 3),
+        }
+    return {**job,
         "scene_mpx": report["mpx"],
         "tiles": report["tiles"],
         "detections": result.detections,
@@ -147,6 +175,8 @@ def main() -> int:
     parser.add_argument("--num-actors", type=int, default=None,
                         help="Inference actors (default: one per GPU, or one on CPU); scaling runs set 1, 2, ...")
     parser.add_argument("--skip-model-only", action="store_true", help="Only the end-to-end scan (scaling runs).")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="Scan the scene this many times in one run (a job of scenes sharing the actor pool).")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work-dir", type=Path, default=None)

@@ -616,6 +616,10 @@ def _write_scene_outputs(
             "actor_start": round(actor_start_s, 3),
             "run_wall": round(wall_s, 3),
         },
+        # when the scene's first tile read was submitted and its last tile finished (Unix
+        # time): scenes of one run overlap in the shared actor pool
+        "tiles_started_unix": run.first_start,
+        "tiles_finished_unix": run.last_finish,
         "mpx": round(mpx, 3),
         "mpx_per_s": round(mpx / scene_wall, 3) if scene_wall > 0 else None,
         # the inference actors' share of the scene's wall time spent in forward passes
