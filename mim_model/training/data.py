@@ -14,7 +14,9 @@ Training samples are square crops of ``crop_px`` (a multiple of 64) after a rand
 and a random element of the dihedral group D4 (flips and 90-degree turns). With
 probability ``p_target_crop`` the crop is placed so that it contains a random target
 pixel; otherwise it is uniform. Where the (rescaled) image is smaller than the crop the
-rest is zero (black), as ACM's loader does; evaluation pads with zeros too.
+rest is zero (black), as ACM's loader does; evaluation pads with zeros too. Optionally a
+share of the crops are synthetic: SIRST train targets on satellite IR backgrounds
+(:mod:`mim_model.training.synthetic`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +34,9 @@ import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from mim_model.errors import MiMError
+
+if TYPE_CHECKING:
+    from mim_model.training.synthetic import SyntheticSource
 
 __all__ = [
     "DatasetError",
@@ -286,6 +292,12 @@ def _window(array: npt.NDArray, r0: int, c0: int, crop: int) -> npt.NDArray:
     return out
 
 
+def _draw_scale(aug: Augment, rng: np.random.Generator) -> float:
+    """The augmentation's rescale factor, log-uniform in ``aug.scale_range``."""
+    lo, hi = aug.scale_range
+    return math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
+
+
 def augment_sample(
     image: npt.NDArray[np.uint8],
     mask: npt.NDArray[np.bool_],
@@ -313,8 +325,7 @@ def augment_sample(
         Grey in [0, 1] (zero where padded) and the 0/1 mask.
     """
     h, w = image.shape
-    lo, hi = aug.scale_range
-    scale = base_scale * (math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo)
+    scale = base_scale * _draw_scale(aug, rng)
     img_pil = Image.fromarray(image)
     if abs(scale - 1.0) > 1e-3:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -363,12 +374,16 @@ class TrainCrops(torch.utils.data.Dataset):
     Items are ``(image01, mask01)``, float32 tensors of shape (1, crop_px, crop_px).
     """
 
-    def __init__(self, split: SirstSplit, crop_px: int, aug: Augment, base_scale: float = 1.0) -> None:
+    def __init__(
+        self, split: SirstSplit, crop_px: int, aug: Augment, base_scale: float = 1.0,
+        synthetic: SyntheticSource | None = None,
+    ) -> None:
         self.images = split.images
         self.masks = split.masks
         self.crop_px = crop_px
         self.aug = aug
         self.base_scale = base_scale
+        self.synthetic = synthetic
 
     def __len__(self) -> int:
         return len(self.images)
@@ -376,6 +391,9 @@ class TrainCrops(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
         rng = np.random.default_rng(seed)
+        if self.synthetic is not None and rng.random() < self.synthetic.spec.p_synthetic:
+            img, msk = self.synthetic.sample(self.crop_px, rng, self.base_scale * _draw_scale(self.aug, rng))
+            return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
         img, msk = augment_sample(self.images[index], self.masks[index], self.crop_px, self.aug, rng, self.base_scale)
         return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
 

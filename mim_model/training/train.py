@@ -72,6 +72,7 @@ from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
 from mim_model.training.metrics import ThresholdSweep
 from mim_model.training.preprocess import NORMALISATION, to_model_input
+from mim_model.training.synthetic import SyntheticSource, SyntheticSpec
 
 __all__ = [
     "TrainConfig",
@@ -165,6 +166,10 @@ class TrainConfig:
     init_weights : str or None
         Safetensors weights to start from (fine-tuning) when the run starts afresh; their
         layout and input scale must match this config. Ignored when resuming.
+    synthetic_backgrounds : tuple of str
+        Satellite IR rasters for synthetic crops (train-split targets pasted onto them).
+    synthetic : SyntheticSpec
+        Share and make-up of the synthetic crops (``p_synthetic`` 0: none).
     """
 
     data_dir: str
@@ -197,6 +202,8 @@ class TrainConfig:
     time_budget_min: float | None = None
     augment: Augment = field(default_factory=Augment)
     init_weights: str | None = None
+    synthetic_backgrounds: tuple[str, ...] = ()
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> TrainError:
@@ -225,6 +232,8 @@ class TrainConfig:
             raise bad("eval_thresholds", "probabilities in (0, 1)")
         if self.time_budget_min is not None and not self.time_budget_min > 0:
             raise bad("time_budget_min", "a positive number of minutes or None")
+        if self.synthetic.p_synthetic > 0 and not self.synthetic_backgrounds:
+            raise bad("synthetic_backgrounds", "at least one raster when synthetic.p_synthetic > 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able form (tuples become lists)."""
@@ -245,6 +254,13 @@ class TrainConfig:
             kwargs["augment"] = Augment(**aug)
         if "eval_thresholds" in kwargs:
             kwargs["eval_thresholds"] = tuple(kwargs["eval_thresholds"])
+        if "synthetic_backgrounds" in kwargs:
+            kwargs["synthetic_backgrounds"] = tuple(kwargs["synthetic_backgrounds"])
+        if isinstance(kwargs.get("synthetic"), dict):
+            syn = dict(kwargs["synthetic"])
+            if "contrast_range" in syn:
+                syn["contrast_range"] = tuple(syn["contrast_range"])
+            kwargs["synthetic"] = SyntheticSpec(**syn)
         return cls(**kwargs)
 
 
@@ -433,6 +449,9 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     last_path, best_path, metrics_path = out_dir / LAST, out_dir / BEST, out_dir / METRICS
 
     train_split = SirstSplit.load(cfg.data_dir, cfg.train_split, cfg.split_dir)
+    synthetic = None
+    if cfg.synthetic.p_synthetic > 0:
+        synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
     val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
     if cfg.batch_size > len(train_split) * cfg.epoch_repeats:
         raise TrainError(
@@ -445,7 +464,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     optimizer = _make_optimizer(model, cfg)
     sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats)
     loader = torch.utils.data.DataLoader(
-        TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale),
+        TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale, synthetic=synthetic),
         batch_size=cfg.batch_size,
         sampler=sampler,
         drop_last=True,
@@ -666,6 +685,10 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"{cfg['optimizer']} lr {cfg['lr']}, "
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
+        *([f"- Synthetic crops: {cfg['synthetic']['p_synthetic']:.0%} of the crops are train-split targets pasted "
+           f"onto {', '.join(Path(p).name for p in cfg['synthetic_backgrounds'])} (peak contrast "
+           f"{cfg['synthetic']['contrast_range']}, up to {cfg['synthetic']['max_targets']} targets)."]
+          if cfg.get("synthetic", {}).get("p_synthetic", 0) > 0 else []),
         *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule)."]
           if cfg.get("init_weights") else []),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",

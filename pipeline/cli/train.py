@@ -49,6 +49,9 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--eval-every", type=int, help="Evaluate on val every N epochs. [10]")
 @click.option("--time-budget-min", type=float, help="Stop with a checkpoint before this many minutes.")
 @click.option("--seed", type=int, help="[0]")
+@click.option("--synthetic-background", "synthetic_backgrounds", multiple=True, type=click.Path(dir_okay=False),
+              help="Satellite IR raster for synthetic crops (repeat the option for several).")
+@click.option("--p-synthetic", type=float, help="Share of the training crops that are synthetic. [0]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA. [on]")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt.")
@@ -69,6 +72,15 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
     summary: dict[str, object] = {}
     if not export_only:
         overrides = {k: v for k, v in options.items() if v is not None}
+        p_synthetic = overrides.pop("p_synthetic", None)
+        if p_synthetic is not None:
+            from mim_model.training.synthetic import SyntheticSpec
+
+            try:
+                overrides["synthetic"] = SyntheticSpec(p_synthetic=p_synthetic)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--p-synthetic") from None
+        overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)
     if export_path is not None:

@@ -1,0 +1,231 @@
+"""Synthetic training samples: real SIRST targets pasted onto real satellite IR backgrounds.
+
+SIRST's backgrounds are mostly sky, cloud and sea in 8-bit frames; irscan scans SWIR and
+thermal satellite scenes, mostly textured land. A network trained on SIRST alone misses
+targets on land (``docs/benchmarks.md``). With probability ``p_synthetic`` a training crop
+is made here instead:
+
+1. a background: a random window of one of the given rasters (GeoTIFF or any image PIL
+   reads), each stretched onto [0, 1] by its 0.5 and 99.99 percentiles, as ``irscan scan``
+   normalises a scene by default, then rescaled like a SIRST crop (the network's input
+   scale times a log-uniform factor) and flipped or turned;
+2. 1 to ``max_targets`` targets: connected components of the *train* split's masks with
+   their intensity profile over the local background (``TargetChip``), rescaled by the same
+   factor, pasted at random places with a peak contrast drawn uniformly from
+   ``contrast_range`` (fractions of the [0, 1] range) above the local background; the mask
+   is the chips' masks.
+
+Keep the backgrounds used for training apart from those of any evaluation scene
+(the scan accuracy test uses the Sentinel-2 B12 crop of the shared data).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from mim_model.training.data import DatasetError, SirstSplit
+
+__all__ = ["SyntheticSource", "SyntheticSpec", "TargetChip", "extract_chips", "load_background", "synthetic_sample"]
+
+log = logging.getLogger(__name__)
+
+STRETCH_PCT = (0.5, 99.99)  # as pipeline.normalize's default percentile mode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyntheticSpec:
+    """Settings of the synthetic samples.
+
+    Attributes
+    ----------
+    p_synthetic : float
+        Probability that a training crop is synthetic.
+    contrast_range : (float, float)
+        Peak contrast of a pasted target above its local background, fraction of [0, 1].
+    max_targets : int
+        Targets pasted per crop: 1 to this many, uniform.
+    """
+
+    p_synthetic: float = 0.0
+    contrast_range: tuple[float, float] = (0.15, 0.8)
+    max_targets: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p_synthetic <= 1.0:
+            raise ValueError(f"p_synthetic: expected a probability in [0, 1], got {self.p_synthetic}")
+        lo, hi = self.contrast_range
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"contrast_range: expected 0 < low <= high <= 1, got {self.contrast_range}")
+        if self.max_targets < 1:
+            raise ValueError(f"max_targets: expected an integer >= 1, got {self.max_targets}")
+
+
+@dataclass(frozen=True)
+class TargetChip:
+    """One real target: contrast over its local background (grey/255 units, zero outside
+    the mask) and its mask, cut from a SIRST image with a 3 px margin."""
+
+    contrast: npt.NDArray[np.float32]
+    mask: npt.NDArray[np.bool_]
+
+
+def extract_chips(split: SirstSplit, min_area_px: int = 2) -> list[TargetChip]:
+    """Every 8-connected mask component of a split's images with a visible profile."""
+    chips = []
+    for image, mask in zip(split.images, split.masks, strict=True):
+        grey = image.astype(np.float32) / 255.0
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        for label, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:
+                continue
+            r0, r1 = max(box[0].start - 3, 0), min(box[0].stop + 3, grey.shape[0])
+            c0, c1 = max(box[1].start - 3, 0), min(box[1].stop + 3, grey.shape[1])
+            part = labels[r0:r1, c0:c1] == label
+            if part.sum() < min_area_px:
+                continue
+            window = grey[r0:r1, c0:c1]
+            ring = ~ndimage.binary_dilation(part, iterations=1)
+            background = float(np.median(window[ring])) if ring.any() else 0.0
+            contrast = np.where(part, np.clip(window - background, 0.0, None), 0.0).astype(np.float32)
+            if contrast.max() > 0.02:  # no brighter than its surroundings: not a pasteable target
+                chips.append(TargetChip(contrast, part))
+    if not chips:
+        raise DatasetError("synthetic samples: no target chip found in the train split's masks")
+    return chips
+
+
+def load_background(path: str | Path) -> npt.NDArray[np.float32]:
+    """Band 1 of a raster (rasterio for GeoTIFF/JP2/..., else PIL), stretched onto [0, 1]
+    by its 0.5 and 99.99 percentiles over valid pixels (nodata and NaN become the median)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: background raster not found")
+    values = _read_with_rasterio(path)
+    if values is None:
+        try:
+            values = np.asarray(Image.open(path), dtype=np.float64)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DatasetError(f"{path}: not a readable raster ({exc})") from None
+        if values.ndim == 3:
+            values = values[..., 0]
+    valid = np.isfinite(values)
+    if valid.sum() < 64 * 64:
+        raise DatasetError(f"{path}: background raster: expected at least 4096 valid pixels, got {int(valid.sum())}")
+    low, high = np.percentile(values[valid], STRETCH_PCT)
+    if high <= low:
+        raise DatasetError(f"{path}: background raster is constant (value {low})")
+    out = np.where(valid, (values - low) / (high - low), np.nan)
+    out = np.where(valid, out, np.nanmedian(out))
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _read_with_rasterio(path: Path) -> npt.NDArray[np.float64] | None:
+    """Band 1 as float64 with nodata as NaN, or None where rasterio is absent or cannot read it."""
+    try:
+        import rasterio
+        from rasterio.errors import RasterioIOError
+    except ImportError:
+        return None
+    try:
+        with rasterio.open(path) as dataset:
+            band = dataset.read(1, masked=True)
+    except RasterioIOError:
+        return None
+    return np.ma.filled(band.astype(np.float64), np.nan)
+
+
+def _resize(array: npt.NDArray[np.float32], shape: tuple[int, int]) -> npt.NDArray[np.float32]:
+    return np.array(Image.fromarray(array).resize((shape[1], shape[0]), Image.Resampling.BILINEAR), np.float32)
+
+
+def synthetic_sample(
+    backgrounds: list[npt.NDArray[np.float32]],
+    chips: list[TargetChip],
+    crop_px: int,
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
+    scale: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """One synthetic crop (see the module docstring): image01 and mask01, (crop_px, crop_px).
+
+    ``scale`` is the resize factor of this crop (the network's input scale times the drawn
+    augmentation factor): a background window of ``crop_px / scale`` px is resized to
+    ``crop_px`` and every chip by ``scale``.
+    """
+    sizes = np.array([b.size for b in backgrounds], np.float64)
+    background = backgrounds[int(rng.choice(len(backgrounds), p=sizes / sizes.sum()))]
+    side = max(8, round(crop_px / scale))
+    h, w = background.shape
+    window = np.empty((side, side), np.float32)
+    r0 = int(rng.integers(0, max(1, h - side + 1)))
+    c0 = int(rng.integers(0, max(1, w - side + 1)))
+    part = background[r0 : r0 + side, c0 : c0 + side]
+    if part.shape != (side, side):  # a background smaller than the window: mirror it out
+        part = np.pad(part, ((0, side - part.shape[0]), (0, side - part.shape[1])), mode="symmetric")
+    window[:] = part
+    image = _resize(window, (crop_px, crop_px)) if side != crop_px else window.copy()
+    mask = np.zeros((crop_px, crop_px), np.float32)
+
+    lo, hi = spec.contrast_range
+    for _ in range(int(rng.integers(1, spec.max_targets + 1))):
+        chip = chips[int(rng.integers(len(chips)))]
+        ch, cw = chip.mask.shape
+        size = (max(1, round(ch * scale)), max(1, round(cw * scale)))
+        profile = _resize(chip.contrast, size)
+        chip_mask = _resize(chip.mask.astype(np.float32), size) > 0.5
+        if not chip_mask.any():  # a tiny target vanished on shrinking: keep its peak pixel
+            chip_mask = profile >= profile.max()
+        if size[0] >= crop_px or size[1] >= crop_px:
+            continue
+        tr = int(rng.integers(0, crop_px - size[0] + 1))
+        tc = int(rng.integers(0, crop_px - size[1] + 1))
+        region = image[tr : tr + size[0], tc : tc + size[1]]
+        local = float(np.median(region[~chip_mask])) if (~chip_mask).any() else float(np.median(region))
+        peak = float(rng.uniform(lo, hi))
+        shaped = np.where(chip_mask, profile / max(float(profile[chip_mask].max()), 1e-6), 0.0)
+        region[chip_mask] = np.maximum(region[chip_mask], np.minimum(local + shaped[chip_mask] * peak, 1.0))
+        mask[tr : tr + size[0], tc : tc + size[1]][chip_mask] = 1.0
+
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1, :], mask[::-1, :]
+    if rng.random() < 0.5:
+        image, mask = image.T, mask.T
+    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32)
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Everything a synthetic crop is made of; :class:`mim_model.training.data.TrainCrops`
+    calls :meth:`sample` for the share ``spec.p_synthetic`` of its crops."""
+
+    backgrounds: list[npt.NDArray[np.float32]]
+    chips: list[TargetChip]
+    spec: SyntheticSpec
+
+    @classmethod
+    def build(cls, background_paths: list[str], train_split: SirstSplit, spec: SyntheticSpec) -> SyntheticSource:
+        """Load the backgrounds and cut the train split's targets into chips."""
+        if not background_paths:
+            raise DatasetError("synthetic samples: expected at least one background raster, got none")
+        source = cls([load_background(p) for p in background_paths], extract_chips(train_split), spec)
+        px = sum(b.size for b in source.backgrounds)
+        log.info(
+            "synthetic samples (p=%.2f): %d backgrounds (%.2f Mpx), %d target chips, contrast %s, <= %d targets",
+            spec.p_synthetic, len(source.backgrounds), px / 1e6, len(source.chips), spec.contrast_range,
+            spec.max_targets,
+        )
+        return source
+
+    def sample(
+        self, crop_px: int, rng: np.random.Generator, scale: float
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        return synthetic_sample(self.backgrounds, self.chips, crop_px, self.spec, rng, scale)

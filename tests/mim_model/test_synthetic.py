@@ -1,0 +1,116 @@
+"""Synthetic training crops: real SIRST train targets on real satellite IR backgrounds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mim_model.training.data import Augment, DatasetError, SirstSplit, TrainCrops
+from mim_model.training.synthetic import (
+    SyntheticSource,
+    SyntheticSpec,
+    TargetChip,
+    extract_chips,
+    load_background,
+    synthetic_sample,
+)
+from mim_model.training.train import TrainConfig, TrainError, export, train
+
+from .test_training import SIRST, _config, needs_sirst, tiny_sirst  # noqa: F401  (fixture)
+
+GEO = SIRST.parent / "geo-ir-samples"
+L8_B10 = GEO / "landsat8_LC80200392015216LGN00_crop" / "l8_B10.tif"
+needs_geo = pytest.mark.skipif(not L8_B10.is_file(), reason="geo-ir-samples not found at ../shared/data")
+
+
+def _square_chip(side: int = 5) -> TargetChip:
+    mask = np.zeros((side + 6, side + 6), bool)
+    mask[3 : 3 + side, 3 : 3 + side] = True
+    contrast = np.where(mask, 0.4, 0.0).astype(np.float32)
+    contrast[3 + side // 2, 3 + side // 2] = 0.5  # a peak
+    return TargetChip(contrast, mask)
+
+
+def test_pasted_targets_sit_on_the_background_with_the_drawn_contrast() -> None:
+    background = np.full((300, 300), 0.3, np.float32)
+    spec = SyntheticSpec(p_synthetic=1.0, contrast_range=(0.2, 0.4), max_targets=3)
+    for seed in range(20):
+        image, mask = synthetic_sample([background], [_square_chip()], 128, spec, np.random.default_rng(seed), 1.0)
+        assert image.shape == mask.shape == (128, 128) and image.dtype == mask.dtype == np.float32
+        assert set(np.unique(mask)) <= {0.0, 1.0} and mask.sum() >= 25
+        np.testing.assert_allclose(image[mask == 0], 0.3, atol=1e-6)  # background untouched elsewhere
+        peak = image[mask == 1].max() - 0.3
+        assert 0.2 - 1e-5 <= peak <= 0.4 + 1e-5, (seed, peak)
+        assert image[mask == 1].min() > 0.3  # every target pixel brighter than the background
+    again = synthetic_sample([background], [_square_chip()], 128, spec, np.random.default_rng(3), 1.0)
+    first = synthetic_sample([background], [_square_chip()], 128, spec, np.random.default_rng(3), 1.0)
+    np.testing.assert_array_equal(again[0], first[0])  # a pure function of the seed
+
+
+def test_scale_resizes_background_window_and_targets() -> None:
+    ramp = np.tile(np.linspace(0, 1, 400, dtype=np.float32), (400, 1))
+    spec = SyntheticSpec(p_synthetic=1.0, contrast_range=(0.5, 0.5), max_targets=1)
+    _, mask1 = synthetic_sample([ramp], [_square_chip(6)], 128, spec, np.random.default_rng(0), 1.0)
+    _, mask2 = synthetic_sample([ramp], [_square_chip(6)], 128, spec, np.random.default_rng(0), 2.0)
+    assert mask1.sum() == 36 and 120 <= mask2.sum() <= 170  # a 6x6 target becomes ~12x12
+
+
+@needs_geo
+def test_load_background_stretches_a_real_landsat_band(tmp_path: Path) -> None:
+    band = load_background(L8_B10)
+    assert band.shape == (603, 627) and band.dtype == np.float32
+    assert band.min() >= 0.0 and band.max() <= 1.0
+    assert 0.003 <= float((band == 0).mean()) <= 0.02  # the 0.5th percentile clips ~0.5 %
+    png = tmp_path / "flat.png"
+    Image.fromarray(np.full((80, 80), 7, np.uint8)).save(png)
+    with pytest.raises(DatasetError, match=r"flat.png: background raster is constant \(value 7.0\)"):
+        load_background(png)
+    with pytest.raises(DatasetError, match="nowhere.tif: background raster not found"):
+        load_background(tmp_path / "nowhere.tif")
+
+
+@needs_sirst
+def test_chips_come_from_the_split_masks(tiny_sirst: Path) -> None:  # noqa: F811
+    split = SirstSplit.load(tiny_sirst, "train")
+    chips = extract_chips(split)
+    assert 4 <= len(chips) and all(c.mask.any() for c in chips)
+    for chip in chips:
+        assert chip.contrast.shape == chip.mask.shape
+        assert not chip.contrast[~chip.mask].any() and chip.contrast.max() > 0.02
+    assert sum(int(c.mask.sum()) for c in chips) <= sum(int(m.sum()) for m in split.masks)
+
+
+@needs_sirst
+@needs_geo
+def test_train_crops_mix_synthetic_samples_and_training_runs(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+    split = SirstSplit.load(tiny_sirst, "train")
+    spec = SyntheticSpec(p_synthetic=0.5)
+    source = SyntheticSource.build([str(L8_B10)], split, spec)
+    made = []
+
+    class Counting(SyntheticSource):
+        def sample(self, crop_px, rng, scale):  # noqa: ANN001, ANN202
+            made.append(scale)
+            return super().sample(crop_px, rng, scale)
+
+    crops = TrainCrops(split, 64, Augment(), base_scale=2.0,
+                       synthetic=Counting(source.backgrounds, source.chips, source.spec))
+    items = [crops[(0, seed)] for seed in range(40)]
+    assert 10 <= len(made) <= 30  # about half of the crops are synthetic
+    assert all(2.0 * 0.6 <= s <= 2.0 * 1.6 for s in made)  # at the input scale times the drawn factor
+    assert all(img.shape == msk.shape == (1, 64, 64) for img, msk in items)
+    assert torch.equal(crops[(0, 7)][0], items[7][0])  # still a pure function of the seed
+
+    with pytest.raises(TrainError, match="synthetic_backgrounds: expected at least one raster"):
+        _config(tiny_sirst, tmp_path / "x", synthetic=spec)
+    cfg = _config(tiny_sirst, tmp_path / "syn", epochs=1, eval_every=1, synthetic=spec,
+                  synthetic_backgrounds=(str(L8_B10),))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert train(cfg)["finished"]
+    card = Path(export(tmp_path / "syn" / "best.pt", tmp_path / "w" / "syn.safetensors")["card"]).read_text()
+    assert "Synthetic crops: 50% of the crops are train-split targets pasted onto l8_B10.tif" in card
