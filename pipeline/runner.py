@@ -58,7 +58,6 @@ from pipeline.stitch import MASK_TARGET, nodata_core, stitch_core
 from pipeline.tasks import read_tile_task as _read_tile
 from pipeline.tasks import scene_stats_task as _scene_stats
 from pipeline.tasks import vectorize_task as _vectorize
-from pipeline.tasks import warm_worker_task
 from pipeline.tiling import Tile, plan_tiles
 from pipeline.vectorize import Detection, sort_detections
 from pipeline.write_vectors import detections_frame, write_detections
@@ -332,18 +331,11 @@ class _Scheduler:
         self.actor_options = {"num_gpus": gpus, "num_cpus": cpus, "max_concurrency": ACTOR_CALLS_IN_FLIGHT}
         # CPU actors use the node's cores unless torch_threads says otherwise (pipeline.infer)
         self.inference_spec = config.inference
-        start = time.perf_counter()
+        self._actors_asked = time.perf_counter()
         self.actors = [self._new_actor() for _ in range(count)]
-        # while the actors load the network, start the read workers (each imports rasterio,
-        # zarr, ... once): otherwise the first tiles wait seconds for worker processes
-        read_cpus = config.ray.read_cpus
-        readers = int((ray.available_resources().get("CPU", 0.0) - count * cpus) / read_cpus)
-        warm = [warm_worker_task.options(num_cpus=read_cpus).remote() for _ in range(max(0, min(readers, 64)))]
-        self.devices = ray.get([a.describe.remote() for a in self.actors])
-        if warm:  # a head start only: never waited on for long
-            ray.wait(warm, num_returns=len(warm), timeout=30.0)
-        self.actor_start_s = time.perf_counter() - start  # model load (+ GPU warm-up), all actors
-        log.info("%d inference actor(s): %s", count, ", ".join(d["device"] for d in self.devices))
+        self._describe_refs = [a.describe.remote() for a in self.actors]  # ready once they answer
+        self.devices: list[dict[str, Any]] = []
+        self.actor_start_s = 0.0
         self.actor_load = {a: 0 for a in self.actors}
         batch = config.batch_size
         self.max_in_flight = config.ray.max_tiles_in_flight or max(2 * batch, 8 * batch * count)
@@ -524,9 +516,24 @@ class _Scheduler:
         show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()
         self.progress = tqdm(total=total, initial=already, unit="tile", disable=not show, file=sys.stderr)
         try:
+            # The first tiles are read while the actors load the network (and warm up on a
+            # GPU): read workers start (seconds each) and the first batches wait in Ray's
+            # object store, bounded by max_in_flight, instead of the GPU waiting for them.
+            self._submit_reads()
+            self._await_actors()
             self._loop()
         finally:
             self.progress.close()
+
+    def _await_actors(self) -> None:
+        """Wait for every actor's first answer; scene clocks start no earlier than this."""
+        self.devices = ray.get(self._describe_refs)
+        ready = time.time()
+        self.actor_start_s = time.perf_counter() - self._actors_asked  # model load (+ GPU warm-up)
+        log.info("%d inference actor(s): %s", len(self.devices), ", ".join(d["device"] for d in self.devices))
+        for run in self.runs:
+            if run.first_start is not None:  # reads began during the actors' start
+                run.first_start = max(run.first_start, ready)
 
     def _loop(self) -> None:
         while True:

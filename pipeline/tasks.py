@@ -1,5 +1,4 @@
-"""The Ray tasks of a scan: read a tile, compute a scene's normalisation, vectorise chunks
-(and start a worker process ahead of them).
+"""The Ray tasks of a scan: read a tile, compute a scene's normalisation, vectorise chunks.
 
 Kept apart from :mod:`pipeline.runner` and free of torch: a task's function is imported by
 every worker process that runs it, and read workers that do not load torch and the network
@@ -8,7 +7,6 @@ start in a fraction of the time (they are started for each run, one per core).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -20,7 +18,7 @@ from pipeline.stitch import core_is_nodata
 from pipeline.tiling import Tile
 from pipeline.vectorize import Detection, vectorize_chunks
 
-__all__ = ["read_tile_task", "scene_stats_task", "vectorize_task", "warm_worker_task"]
+__all__ = ["read_tile_task", "scene_stats_task", "vectorize_task"]
 
 _READERS: dict[tuple[str, int], SceneReader] = {}  # per worker process: one open dataset per scene
 
@@ -60,10 +58,3 @@ def vectorize_task(store_path: str, chunk_indices: list[tuple[int, int]]) -> tup
     found = vectorize_chunks(store_path, chunk_indices)
     return found, time.perf_counter() - start
 
-
-@ray.remote
-def warm_worker_task(hold_s: float = 0.5) -> int:
-    """Start a worker process with this module imported; held briefly so that concurrent
-    calls land on distinct processes. Returns the process id."""
-    time.sleep(hold_s)
-    return os.getpid()
