@@ -5,7 +5,8 @@ fast), the only module of :mod:`pipeline` that imports ``ray``.
 
 Flow (all scenes of a run share one actor pool, so the GPUs do not idle between scenes)::
 
-    driver: validate scenes, normalisation stats (tasks), create mask.zarr, plan tiles
+    driver: validate scenes, normalisation stats (tasks), create mask.zarr, plan tiles,
+            start the actors (model load, GPU warm-up) and meanwhile read the first tiles
       -> read task per tile (CPU, ``read_cpus``): window + halo, normalise, nodata mask
       -> all-nodata tiles stop here (recorded "skipped"; their chunk keeps the nodata fill)
       -> InferenceActor.process(batch): MiM on the batch (GPU, bf16 autocast, scan in fp32),
