@@ -624,8 +624,8 @@ def _write_scene_outputs(
             "actor_start": round(actor_start_s, 3),
             "run_wall": round(wall_s, 3),
         },
-        # when the scene's first tile read was submitted and its last tile finished (Unix
-        # time): scenes of one run overlap in the shared actor pool
+        # when the scene's tiles started (its first read, or the actors' readiness if that
+        # came later) and its last tile finished, Unix time: scenes of a run overlap in the pool
         "tiles_started_unix": run.first_start,
         "tiles_finished_unix": run.last_finish,
         "mpx": round(mpx, 3),

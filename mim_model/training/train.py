@@ -307,13 +307,14 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _load_init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     """Start from ``cfg.init_weights`` (safetensors) after checking layout and input scale."""
-    from mim_model.weights import WeightsError, _check_and_load, load_safetensors
+    from mim_model.weights import load_model
 
     path = Path(str(cfg.init_weights))
     try:
-        state, meta = load_safetensors(path)
+        start = load_model(path)
     except WeightsError as exc:
         raise TrainError(f"train config init_weights: {exc}") from None
+    meta = start.weights_metadata  # type: ignore[attr-defined]
     for key, want in (("layout", cfg.layout), ("input_scale", cfg.input_scale)):
         got = meta.get(key)
         if got is None:
@@ -321,10 +322,7 @@ def _load_init_weights(model: nn.Module, cfg: TrainConfig) -> None:
         same = float(got) == float(want) if key == "input_scale" else got == want
         if not same:
             raise TrainError(f"train config init_weights: {path} has {key} {got!r}, expected {want!r} as configured")
-    try:
-        _check_and_load(model, state, path)  # type: ignore[arg-type]
-    except WeightsError as exc:
-        raise TrainError(f"train config init_weights: {exc}") from None
+    model.load_state_dict(start.state_dict())
     log.info("starting from %s", path)
 
 
