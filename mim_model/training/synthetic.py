@@ -163,13 +163,12 @@ def synthetic_sample(
     background = backgrounds[int(rng.choice(len(backgrounds), p=sizes / sizes.sum()))]
     side = max(8, round(crop_px / scale))
     h, w = background.shape
-    window = np.empty((side, side), np.float32)
     r0 = int(rng.integers(0, max(1, h - side + 1)))
     c0 = int(rng.integers(0, max(1, w - side + 1)))
-    part = background[r0 : r0 + side, c0 : c0 + side]
-    if part.shape != (side, side):  # a background smaller than the window: mirror it out
-        part = np.pad(part, ((0, side - part.shape[0]), (0, side - part.shape[1])), mode="symmetric")
-    window[:] = part
+    window = background[r0 : r0 + side, c0 : c0 + side]
+    if window.shape != (side, side):  # a background smaller than the window: mirror it out
+        window = np.pad(window, ((0, side - window.shape[0]), (0, side - window.shape[1])), mode="symmetric")
+    window = np.ascontiguousarray(window)
     image = _resize(window, (crop_px, crop_px)) if side != crop_px else window.copy()
     mask = np.zeros((crop_px, crop_px), np.float32)
 
