@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 from affine import Affine
-from PIL import Image
-from scipy import ndimage
+
+from mim_model.training.data import SirstSplit
+from mim_model.training.synthetic import TargetChip, extract_chips
 
 __all__ = [
     "shared_data_dir",
@@ -45,16 +46,6 @@ def shared_data_dir() -> Path | None:
 
 
 @dataclass(frozen=True)
-class TargetChip:
-    """One real target: contrast over its local background in [0, 1] units (grey/255),
-    zero outside its mask. ``source`` is the SIRST image id."""
-
-    contrast: npt.NDArray[np.float32]
-    mask: npt.NDArray[np.bool_]
-    source: str
-
-
-@dataclass(frozen=True)
 class PastedTarget:
     """Truth for one pasted target: centroid in pixel index space (pixel (r, c) at (r, c))
     and at the pixel centre in map coordinates."""
@@ -68,29 +59,9 @@ class PastedTarget:
 
 
 def load_target_chips(sirst_dir: Path, split: str = "test", min_area_px: int = 2) -> list[TargetChip]:
-    """Every mask component of the SIRST images of a split (idx_427) as a chip."""
-    names = (sirst_dir / "idx_427" / f"{split}.txt").read_text().split()
-    chips = []
-    for name in names:
-        grey = np.asarray(Image.open(sirst_dir / "images" / f"{name}.png").convert("L"), np.float32) / 255.0
-        mask = np.asarray(Image.open(sirst_dir / "masks" / f"{name}_pixels0.png").convert("L")) > 127
-        labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-        for label, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None:
-                continue
-            r0, r1 = max(box[0].start - 3, 0), min(box[0].stop + 3, grey.shape[0])
-            c0, c1 = max(box[1].start - 3, 0), min(box[1].stop + 3, grey.shape[1])
-            part = labels[r0:r1, c0:c1] == label
-            if part.sum() < min_area_px:
-                continue
-            window = grey[r0:r1, c0:c1]
-            ring = ~ndimage.binary_dilation(part, iterations=1)
-            background = float(np.median(window[ring])) if ring.any() else 0.0
-            contrast = np.where(part, np.clip(window - background, 0.0, None), 0.0).astype(np.float32)
-            if contrast.max() <= 0.02:
-                continue  # a target no brighter than its surroundings cannot be pasted as one
-            chips.append(TargetChip(contrast, part, name))
-    return chips
+    """Every mask component of the SIRST images of a split (idx_427) as a chip (the same
+    cut as the training's synthetic crops, :func:`mim_model.training.synthetic.extract_chips`)."""
+    return extract_chips(SirstSplit.load(sirst_dir, split, "idx_427"), min_area_px)
 
 
 def _mirror_index(index: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.int64]:

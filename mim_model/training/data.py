@@ -357,13 +357,22 @@ def augment_sample(
     msk = _window(mask.astype(np.float32), r0, c0, crop_px)
 
     if aug.flips:
-        if rng.random() < 0.5:
-            img, msk = img[:, ::-1], msk[:, ::-1]
-        if rng.random() < 0.5:
-            img, msk = img[::-1, :], msk[::-1, :]
-        if rng.random() < 0.5:
-            img, msk = img.T, msk.T
+        img, msk = random_d4(img, msk, rng)
     return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+
+
+def random_d4(
+    image: npt.NDArray[np.float32], mask: npt.NDArray[np.float32], rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The same random element of D4 (h-flip, v-flip, transpose; each with p 0.5) applied
+    to an image and its mask (views, not copies)."""
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1, :], mask[::-1, :]
+    if rng.random() < 0.5:
+        image, mask = image.T, mask.T
+    return image, mask
 
 
 class TrainCrops(torch.utils.data.Dataset):

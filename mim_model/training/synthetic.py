@@ -30,7 +30,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from mim_model.training.data import DatasetError, SirstSplit
+from mim_model.training.data import DatasetError, SirstSplit, random_d4
 
 __all__ = ["SyntheticSource", "SyntheticSpec", "TargetChip", "extract_chips", "load_background", "synthetic_sample"]
 
@@ -70,16 +70,18 @@ class SyntheticSpec:
 @dataclass(frozen=True)
 class TargetChip:
     """One real target: contrast over its local background (grey/255 units, zero outside
-    the mask) and its mask, cut from a SIRST image with a 3 px margin."""
+    the mask) and its mask, cut from a SIRST image with a 3 px margin; ``source`` is the
+    image id."""
 
     contrast: npt.NDArray[np.float32]
     mask: npt.NDArray[np.bool_]
+    source: str = ""
 
 
 def extract_chips(split: SirstSplit, min_area_px: int = 2) -> list[TargetChip]:
     """Every 8-connected mask component of a split's images with a visible profile."""
     chips = []
-    for image, mask in zip(split.images, split.masks, strict=True):
+    for image_id, image, mask in zip(split.ids, split.images, split.masks, strict=True):
         grey = image.astype(np.float32) / 255.0
         labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
         for label, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -95,7 +97,7 @@ def extract_chips(split: SirstSplit, min_area_px: int = 2) -> list[TargetChip]:
             background = float(np.median(window[ring])) if ring.any() else 0.0
             contrast = np.where(part, np.clip(window - background, 0.0, None), 0.0).astype(np.float32)
             if contrast.max() > 0.02:  # no brighter than its surroundings: not a pasteable target
-                chips.append(TargetChip(contrast, part))
+                chips.append(TargetChip(contrast, part, image_id))
     if not chips:
         raise DatasetError("synthetic samples: no target chip found in the train split's masks")
     return chips
@@ -192,12 +194,7 @@ def synthetic_sample(
         region[chip_mask] = np.maximum(region[chip_mask], np.minimum(local + shaped[chip_mask] * peak, 1.0))
         mask[tr : tr + size[0], tc : tc + size[1]][chip_mask] = 1.0
 
-    if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    if rng.random() < 0.5:
-        image, mask = image[::-1, :], mask[::-1, :]
-    if rng.random() < 0.5:
-        image, mask = image.T, mask.T
+    image, mask = random_d4(image, mask, rng)
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32)
 
 
