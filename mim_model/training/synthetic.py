@@ -5,10 +5,11 @@ thermal satellite scenes, mostly textured land. A network trained on SIRST alone
 targets on land (``docs/benchmarks.md``). With probability ``p_synthetic`` a training crop
 is made here instead:
 
-1. a background: a random window of one of the given rasters (GeoTIFF or any image PIL
-   reads), each stretched onto [0, 1] by its 0.5 and 99.99 percentiles, as ``irscan scan``
-   normalises a scene by default, then rescaled like a SIRST crop (the network's input
-   scale times a log-uniform factor) and flipped or turned;
+1. a background: with probability ``p_clutter`` a freshly drawn procedural land clutter
+   (:mod:`mim_model.training.clutter`), else a random window of one of the given rasters
+   (GeoTIFF or any image PIL reads), each stretched onto [0, 1] by its 0.5 and 99.99
+   percentiles, as ``irscan scan`` normalises a scene by default; then rescaled like a
+   SIRST crop (the network's input scale times a log-uniform factor) and flipped or turned;
 2. 1 to ``max_targets`` targets: connected components of the *train* split's masks with
    their intensity profile over the local background (``TargetChip``), rescaled by the same
    factor, pasted at random places with a peak contrast drawn uniformly from
@@ -51,11 +52,15 @@ class SyntheticSpec:
         Peak contrast of a pasted target above its local background, fraction of [0, 1].
     max_targets : int
         Targets pasted per crop: 1 to this many, uniform.
+    p_clutter : float
+        Share of the synthetic crops drawn on procedural land clutter instead of a raster
+        background (1: rasters are not needed).
     """
 
     p_synthetic: float = 0.0
     contrast_range: tuple[float, float] = (0.15, 0.8)
     max_targets: int = 4
+    p_clutter: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_synthetic <= 1.0:
@@ -65,6 +70,13 @@ class SyntheticSpec:
             raise ValueError(f"contrast_range: expected 0 < low <= high <= 1, got {self.contrast_range}")
         if self.max_targets < 1:
             raise ValueError(f"max_targets: expected an integer >= 1, got {self.max_targets}")
+        if not 0.0 <= self.p_clutter <= 1.0:
+            raise ValueError(f"p_clutter: expected a probability in [0, 1], got {self.p_clutter}")
+
+    @property
+    def needs_rasters(self) -> bool:
+        """Whether some synthetic crops are drawn on raster backgrounds."""
+        return self.p_synthetic > 0 and self.p_clutter < 1
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,21 @@ def _resize(array: npt.NDArray[np.float32], shape: tuple[int, int]) -> npt.NDArr
     return np.array(Image.fromarray(array).resize((shape[1], shape[0]), Image.Resampling.BILINEAR), np.float32)
 
 
+def _raster_window(
+    backgrounds: list[npt.NDArray[np.float32]], side: int, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """A (side, side) window of a background chosen with probability by its size."""
+    sizes = np.array([b.size for b in backgrounds], np.float64)
+    background = backgrounds[int(rng.choice(len(backgrounds), p=sizes / sizes.sum()))]
+    h, w = background.shape
+    r0 = int(rng.integers(0, max(1, h - side + 1)))
+    c0 = int(rng.integers(0, max(1, w - side + 1)))
+    window = background[r0 : r0 + side, c0 : c0 + side]
+    if window.shape != (side, side):  # a background smaller than the window: mirror it out
+        window = np.pad(window, ((0, side - window.shape[0]), (0, side - window.shape[1])), mode="symmetric")
+    return window
+
+
 def synthetic_sample(
     backgrounds: list[npt.NDArray[np.float32]],
     chips: list[TargetChip],
@@ -161,15 +188,13 @@ def synthetic_sample(
     augmentation factor): a background window of ``crop_px / scale`` px is resized to
     ``crop_px`` and every chip by ``scale``.
     """
-    sizes = np.array([b.size for b in backgrounds], np.float64)
-    background = backgrounds[int(rng.choice(len(backgrounds), p=sizes / sizes.sum()))]
     side = max(8, round(crop_px / scale))
-    h, w = background.shape
-    r0 = int(rng.integers(0, max(1, h - side + 1)))
-    c0 = int(rng.integers(0, max(1, w - side + 1)))
-    window = background[r0 : r0 + side, c0 : c0 + side]
-    if window.shape != (side, side):  # a background smaller than the window: mirror it out
-        window = np.pad(window, ((0, side - window.shape[0]), (0, side - window.shape[1])), mode="symmetric")
+    if not backgrounds or (spec.p_clutter > 0 and rng.random() < spec.p_clutter):
+        from mim_model.training.clutter import clutter_background  # it imports this module
+
+        window = clutter_background(max(side, 64), rng)[:side, :side]
+    else:
+        window = _raster_window(backgrounds, side, rng)
     window = np.ascontiguousarray(window)
     image = _resize(window, (crop_px, crop_px)) if side != crop_px else window.copy()
     mask = np.zeros((crop_px, crop_px), np.float32)
@@ -210,14 +235,15 @@ class SyntheticSource:
     @classmethod
     def build(cls, background_paths: list[str], train_split: SirstSplit, spec: SyntheticSpec) -> SyntheticSource:
         """Load the backgrounds and cut the train split's targets into chips."""
-        if not background_paths:
-            raise DatasetError("synthetic samples: expected at least one background raster, got none")
+        if not background_paths and spec.p_clutter < 1:
+            raise DatasetError("synthetic samples: expected at least one background raster (or p_clutter 1), got none")
         source = cls([load_background(p) for p in background_paths], extract_chips(train_split), spec)
         px = sum(b.size for b in source.backgrounds)
         log.info(
-            "synthetic samples (p=%.2f): %d backgrounds (%.2f Mpx), %d target chips, contrast %s, <= %d targets",
-            spec.p_synthetic, len(source.backgrounds), px / 1e6, len(source.chips), spec.contrast_range,
-            spec.max_targets,
+            "synthetic samples (p=%.2f): %d backgrounds (%.2f Mpx), clutter share %.2f, %d target chips, "
+            "contrast %s, <= %d targets",
+            spec.p_synthetic, len(source.backgrounds), px / 1e6, spec.p_clutter, len(source.chips),
+            spec.contrast_range, spec.max_targets,
         )
         return source
 

@@ -232,8 +232,8 @@ class TrainConfig:
             raise bad("eval_thresholds", "probabilities in (0, 1)")
         if self.time_budget_min is not None and not self.time_budget_min > 0:
             raise bad("time_budget_min", "a positive number of minutes or None")
-        if self.synthetic.p_synthetic > 0 and not self.synthetic_backgrounds:
-            raise bad("synthetic_backgrounds", "at least one raster when synthetic.p_synthetic > 0")
+        if self.synthetic.needs_rasters and not self.synthetic_backgrounds:
+            raise bad("synthetic_backgrounds", "at least one raster when synthetic.p_synthetic > 0 and p_clutter < 1")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able form (tuples become lists)."""
@@ -661,6 +661,17 @@ def _log_epoch(record: dict[str, Any], epochs: int, best: dict[str, Any] | None)
 # --------------------------------------------------------------------------- export
 
 
+def _synthetic_card_line(cfg: dict[str, Any]) -> str:
+    """The model card's line on synthetic crops."""
+    syn = cfg["synthetic"]
+    onto = [Path(p).name for p in cfg.get("synthetic_backgrounds", ())]
+    clutter = float(syn.get("p_clutter", 0.0))
+    if clutter > 0:
+        onto = [f"procedural land clutter ({clutter:.0%} of them)"] + onto
+    return (f"- Synthetic crops: {syn['p_synthetic']:.0%} of the crops are train-split targets pasted onto "
+            f"{', '.join(onto)} (peak contrast {tuple(syn['contrast_range'])}, up to {syn['max_targets']} targets).")
+
+
 def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any] | None) -> str:
     cfg = json.loads(meta["train_config"])
     val = json.loads(meta["val_metrics"])
@@ -683,10 +694,7 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"{cfg['optimizer']} lr {cfg['lr']}, "
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
-        *([f"- Synthetic crops: {cfg['synthetic']['p_synthetic']:.0%} of the crops are train-split targets pasted "
-           f"onto {', '.join(Path(p).name for p in cfg['synthetic_backgrounds'])} (peak contrast "
-           f"{cfg['synthetic']['contrast_range']}, up to {cfg['synthetic']['max_targets']} targets)."]
-          if cfg.get("synthetic", {}).get("p_synthetic", 0) > 0 else []),
+        *([_synthetic_card_line(cfg)] if cfg.get("synthetic", {}).get("p_synthetic", 0) > 0 else []),
         *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule)."]
           if cfg.get("init_weights") else []),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",

@@ -52,6 +52,8 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--synthetic-background", "synthetic_backgrounds", multiple=True, type=click.Path(dir_okay=False),
               help="Satellite IR raster for synthetic crops (repeat the option for several).")
 @click.option("--p-synthetic", type=float, help="Share of the training crops that are synthetic. [0]")
+@click.option("--p-clutter", type=float,
+              help="Share of the synthetic crops drawn on procedural land clutter, not a raster. [0]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA. [on]")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt.")
@@ -73,13 +75,14 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
     if not export_only:
         overrides = {k: v for k, v in options.items() if v is not None}
         p_synthetic = overrides.pop("p_synthetic", None)
-        if p_synthetic is not None:
+        p_clutter = overrides.pop("p_clutter", None)
+        if p_synthetic is not None or p_clutter is not None:
             from mim_model.training.synthetic import SyntheticSpec
 
             try:
-                overrides["synthetic"] = SyntheticSpec(p_synthetic=p_synthetic)
+                overrides["synthetic"] = SyntheticSpec(p_synthetic=p_synthetic or 0.0, p_clutter=p_clutter or 0.0)
             except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--p-synthetic") from None
+                raise click.BadParameter(str(exc), param_hint="--p-synthetic/--p-clutter") from None
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)

@@ -1,0 +1,60 @@
+"""Procedural land clutter for synthetic crops: values, structure, reproducibility, use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mim_model.training.clutter import clutter_background
+from mim_model.training.synthetic import SyntheticSource, SyntheticSpec, synthetic_sample
+from mim_model.training.train import TrainError
+
+from .test_synthetic import _square_chip
+from .test_training import _config, needs_sirst, tiny_sirst  # noqa: F401  (fixture)
+
+
+def test_clutter_is_a_structured_image_in_the_unit_range_and_a_function_of_the_seed() -> None:
+    for seed in range(6):
+        image = clutter_background(192, np.random.default_rng(seed))
+        assert image.shape == (192, 192) and image.dtype == np.float32
+        assert image.min() >= 0.0 and image.max() <= 1.0 and image.max() > 0.3
+        # fields and water, not noise: neighbouring pixels agree closely
+        assert np.corrcoef(image[:, 1:].ravel(), image[:, :-1].ravel())[0, 1] > 0.9
+        # sharp field edges: a good share of the horizontal steps is large
+        assert (np.abs(np.diff(image, axis=1)) > 0.05).mean() > 0.005
+    np.testing.assert_array_equal(clutter_background(128, np.random.default_rng(4)),
+                                  clutter_background(128, np.random.default_rng(4)))
+    assert not np.array_equal(clutter_background(128, np.random.default_rng(4)),
+                              clutter_background(128, np.random.default_rng(5)))
+    with pytest.raises(ValueError, match="side_px: expected at least 64, got 32"):
+        clutter_background(32, np.random.default_rng(0))
+
+
+def test_synthetic_crops_on_clutter_need_no_raster() -> None:
+    spec = SyntheticSpec(p_synthetic=1.0, p_clutter=1.0, contrast_range=(0.5, 0.5), max_targets=2)
+    assert not spec.needs_rasters
+    images = []
+    for seed in range(4):
+        image, mask = synthetic_sample([], [_square_chip()], 128, spec, np.random.default_rng(seed), 2.0)
+        assert image.shape == mask.shape == (128, 128) and mask.sum() >= 50  # a 5 px chip at 2x: ~100 px
+        assert image[mask == 1].mean() > np.median(image) + 0.2  # the targets stand out of the clutter
+        images.append(image)
+    assert not np.array_equal(images[0], images[1])  # a fresh background per crop
+    with pytest.raises(ValueError, match="p_clutter: expected a probability in \\[0, 1\\], got 1.5"):
+        SyntheticSpec(p_synthetic=0.5, p_clutter=1.5)
+
+
+@needs_sirst
+def test_train_config_accepts_clutter_without_rasters(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+    from mim_model.training.data import SirstSplit
+
+    only_clutter = SyntheticSpec(p_synthetic=0.5, p_clutter=1.0)
+    cfg = _config(tiny_sirst, tmp_path / "c", synthetic=only_clutter)
+    assert cfg.synthetic.p_clutter == 1.0
+    source = SyntheticSource.build([], SirstSplit.load(tiny_sirst, "train"), only_clutter)
+    image, mask = source.sample(64, np.random.default_rng(0), 2.0)
+    assert image.shape == (64, 64) and mask.any()
+    with pytest.raises(TrainError, match="synthetic_backgrounds: expected at least one raster"):
+        _config(tiny_sirst, tmp_path / "x", synthetic=SyntheticSpec(p_synthetic=0.5, p_clutter=0.5))
