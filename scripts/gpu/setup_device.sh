@@ -33,7 +33,7 @@ if ! PYTHONPATH=/root/site python3 -c "import torch, selective_scan_cuda" 2>/dev
   echo "mamba_ssm built and installed in $(( $(date +%s) - start )) s"
 fi
 if [ -d .gpu/sirst ] && [ ! -d /root/data/sirst ]; then cp -r .gpu/sirst /root/data/sirst; fi
-if [ -d .gpu/data ]; then cp -rn .gpu/data/. /root/data/; fi
+if [ -d .gpu/data ]; then cp -r --update=none .gpu/data/. /root/data/; fi
 for part in .gpustage/part-*; do
   [ -d "$part" ] || continue
   cp --update=none "$part"/* /root/stage/
@@ -48,4 +48,4 @@ if [ -f .gpu/stage-meta/PARTS ] && [ ! -f /root/site/.wheels-installed ]; then
     echo "wheel parts: $got of $(cat .gpu/stage-meta/PARTS) staged"
   fi
 fi
-PYTHONPATH=/root/site python3 -c "import selective_scan_cuda, mamba_ssm, torch; print('mamba_ssm', mamba_ssm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+PYTHONPATH=/root/site python3 -c "import torch, selective_scan_cuda, mamba_ssm; print('mamba_ssm', mamba_ssm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
