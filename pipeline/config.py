@@ -82,6 +82,7 @@ class ScanConfig:
             "band": self.band,
             "threshold": self.inference.threshold,
             "amp": self.inference.amp,
+            "flip_tta": self.inference.flip_tta,
             "weights_sha256": weights_sha256,
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

@@ -75,6 +75,11 @@ def test_evaluate_prints_metrics_json(tmp_path: Path, weights: Path) -> None:
     out = json.loads(result.stdout)
     assert {"iou", "niou", "pd", "fa", "threshold"} <= set(out) and out["n_images"] == 1
     assert out["total_px"] == 135 * 96 and out["threshold"] == 0.5 and out["input_scale"] == 2.0
+    assert out["flip_tta"] is False
+    with_tta = CliRunner().invoke(cli, ["evaluate", str(data), "--split", "test", "--weights", str(weights),
+                                        "--device", "cpu", "--tta-flips"])
+    assert with_tta.exit_code == 0, with_tta.output
+    assert json.loads(with_tta.stdout)["flip_tta"] is True
 
 
 def test_evaluate_empty_split_file(tmp_path: Path, weights: Path) -> None:

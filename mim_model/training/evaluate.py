@@ -28,6 +28,7 @@ def evaluate(
     split_dir: str = DEFAULT_SPLIT_DIR,
     batch_size: int = 8,
     amp: bool = True,
+    flip_tta: bool = False,
 ) -> dict[str, Any]:
     """Run a model on every image of a split at native resolution and score it.
 
@@ -49,6 +50,8 @@ def evaluate(
         Images per forward pass.
     amp : bool
         bf16 autocast on CUDA.
+    flip_tta : bool
+        Average over the image and its flips (four forward passes per image).
 
     Returns
     -------
@@ -73,7 +76,8 @@ def evaluate(
     t = weights_threshold(model) if threshold is None else float(threshold)
     scale = weights_input_scale(model)
     probs = predict_probs(
-        model, [im.astype(np.float32) / 255.0 for im in data.images], device=dev, amp=amp, batch_size=batch_size, scale=scale
+        model, [im.astype(np.float32) / 255.0 for im in data.images], device=dev, amp=amp, batch_size=batch_size, scale=scale,
+        flip_tta=flip_tta,
     )
     metrics = IRSTDMetrics()
     for prob, mask in zip(probs, data.masks, strict=True):
@@ -82,6 +86,7 @@ def evaluate(
     result.update(
         threshold=t,
         input_scale=scale,
+        flip_tta=flip_tta,
         split=split,
         weights=str(Path(weights) if weights is not None else DEFAULT_WEIGHTS_PATH),
         device=str(dev),

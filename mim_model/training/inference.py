@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -38,14 +38,16 @@ from mim_model.training.preprocess import to_model_input
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "SIDE_MULTIPLE_PX",
     "DEFAULT_THRESHOLD",
-    "padded_side",
-    "axis_tiles",
-    "predict_probs",
+    "SIDE_MULTIPLE_PX",
+    "TTA_FLIP_DIMS",
     "autocast_for",
-    "weights_threshold",
+    "axis_tiles",
+    "flip_averaged",
+    "padded_side",
+    "predict_probs",
     "weights_input_scale",
+    "weights_threshold",
 ]
 
 SIDE_MULTIPLE_PX = 64
@@ -110,12 +112,40 @@ def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def _run_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+#: Flips averaged by test-time augmentation (dims of a (B, C, H, W) tensor): none,
+#: left-right, up-down, both. Chosen on val: the four flips raised val IoU (0.743 -> 0.761
+#: with the first fine-tuned weights); adding the four transposes lowered it again.
+TTA_FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def flip_averaged(
+    probabilities: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flip_tta: bool
+) -> torch.Tensor:
+    """``probabilities(x)`` (B, 1, H, W); with ``flip_tta`` the mean of it over the flips of
+    :data:`TTA_FLIP_DIMS`, each flipped back (four forward passes)."""
+    if not flip_tta:
+        return probabilities(x)
+    total = torch.zeros((), device=x.device)
+    for dims in TTA_FLIP_DIMS:
+        if dims:
+            total = total + torch.flip(probabilities(torch.flip(x, dims)), dims)
+        else:
+            total = total + probabilities(x)
+    return total / len(TTA_FLIP_DIMS)
+
+
+def _run_batch(
+    model: torch.nn.Module, batch: torch.Tensor, device: torch.device, amp: bool, flip_tta: bool = False
+) -> torch.Tensor:
     """grey01 (B, 1, S, S) on CPU -> probabilities (B, S, S) float32 on CPU."""
     x = to_model_input(batch.to(device, non_blocking=True))
-    with autocast_for(device, amp):
-        logits = model(x)
-    return torch.sigmoid(logits.float())[:, 0].cpu()
+
+    def probabilities(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast_for(device, amp):
+            logits = model(inputs)
+        return torch.sigmoid(logits.float())
+
+    return flip_averaged(probabilities, x, flip_tta)[:, 0].cpu()
 
 
 def _batches(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
@@ -135,6 +165,7 @@ def predict_probs(
     tile_px: int = 512,
     halo_px: int = 64,
     scale: float = 1.0,
+    flip_tta: bool = False,
 ) -> list[npt.NDArray[np.float32]]:
     """Target probabilities for grey images of any size.
 
@@ -157,6 +188,9 @@ def predict_probs(
         The network runs on the image resized by this factor (bilinear) and the
         probabilities are resized back (bilinear, antialiased) to the input size. It must
         match the scale the weights were trained at (metadata ``input_scale``).
+    flip_tta : bool
+        Average the probabilities over the image and its flips (:data:`TTA_FLIP_DIMS`):
+        four times the compute, fewer false alarms.
 
     Returns
     -------
@@ -182,14 +216,14 @@ def predict_probs(
         if max(h, w) <= max_side_px:
             by_side[padded_side(h, w)].append(i)
         else:
-            out[i] = _predict_tiled(model, img, device, amp, batch_size, tile_px, halo_px)
+            out[i] = _predict_tiled(model, img, device, amp, batch_size, tile_px, halo_px, flip_tta)
     for side, idx in by_side.items():
         for chunk in _batches(idx, batch_size):
             batch = torch.zeros((len(chunk), 1, side, side), dtype=torch.float32)
             for j, i in enumerate(chunk):
                 h, w = scaled[i].shape
                 batch[j, 0, :h, :w] = torch.from_numpy(scaled[i])
-            probs = _run_batch(model, batch, device, amp)
+            probs = _run_batch(model, batch, device, amp, flip_tta)
             for j, i in enumerate(chunk):
                 h, w = scaled[i].shape
                 out[i] = probs[j, :h, :w].numpy().copy()
@@ -223,6 +257,7 @@ def _predict_tiled(
     batch_size: int,
     tile_px: int,
     halo_px: int,
+    flip_tta: bool = False,
 ) -> npt.NDArray[np.float32]:
     h, w = img.shape
     prob = np.zeros((h, w), dtype=np.float32)
@@ -232,7 +267,7 @@ def _predict_tiled(
         for j, ((r0, _, _), (c0, _, _)) in enumerate(chunk):
             window = img[r0 : r0 + tile_px, c0 : c0 + tile_px]
             batch[j, 0, : window.shape[0], : window.shape[1]] = torch.from_numpy(np.asarray(window, dtype=np.float32))
-        probs = _run_batch(model, batch, device, amp).numpy()
+        probs = _run_batch(model, batch, device, amp, flip_tta).numpy()
         for j, ((r0, rk0, rk1), (c0, ck0, ck1)) in enumerate(chunk):
             prob[rk0:rk1, ck0:ck1] = probs[j, rk0 - r0 : rk1 - r0, ck0 - c0 : ck1 - c0]
     return prob

@@ -62,6 +62,7 @@ def predict(
     batch_size: int = 4,
     max_side_px: int = 1024,
     amp: bool = True,
+    flip_tta: bool = False,
 ) -> list[dict[str, Any]]:
     """Write a 0/255 mask (and optionally probabilities) for each image.
 
@@ -85,6 +86,8 @@ def predict(
         Longer sides above this are tiled.
     amp : bool
         bf16 autocast on CUDA.
+    flip_tta : bool
+        Average over the image and its flips (four forward passes per image).
 
     Returns
     -------
@@ -115,7 +118,8 @@ def predict(
     for start in range(0, len(inputs), chunk):
         group = inputs[start : start + chunk]
         images = [load_grey01(p) for p in group]
-        probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px, scale=scale)
+        probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px, scale=scale,
+                              flip_tta=flip_tta)
         for path, p in zip(group, probs, strict=True):
             mask = np.where(p > t, 255, 0).astype(np.uint8)
             mask_path = out / f"{path.stem}.png"

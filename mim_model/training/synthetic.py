@@ -190,7 +190,9 @@ def synthetic_sample(
     """
     side = max(8, round(crop_px / scale))
     if not backgrounds or (spec.p_clutter > 0 and rng.random() < spec.p_clutter):
-        from mim_model.training.clutter import clutter_background  # it imports this module
+        from mim_model.training.clutter import (
+            clutter_background,  # it imports this module
+        )
 
         window = clutter_background(max(side, 64), rng)[:side, :side]
     else:

@@ -19,12 +19,14 @@ import click
 @click.option("--weights", type=click.Path(path_type=Path), help="Safetensors weights. [packaged default]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
+@click.option("--tta-flips", "flip_tta", is_flag=True,
+              help="Average over the image and its three flips (4x the compute; fewer false alarms).")
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images per forward pass.")
 def command(images: tuple[Path, ...], out_dir: Path, prob: bool, weights: Path | None, device: str,
-            threshold: float | None, batch_size: int) -> None:
+            threshold: float | None, flip_tta: bool, batch_size: int) -> None:
     """Write target masks of IMAGE... (any size) into --out."""
     from mim_model.training.predict import predict
 
     for row in predict(list(images), out_dir, weights=weights, prob=prob, device=device,
-                       threshold=threshold, batch_size=batch_size):
+                       threshold=threshold, batch_size=batch_size, flip_tta=flip_tta):
         click.echo(json.dumps(row))

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from mim_model.training.clutter import clutter_background
-from mim_model.training.synthetic import SyntheticSource, SyntheticSpec, synthetic_sample
+from mim_model.training.synthetic import (
+    SyntheticSource,
+    SyntheticSpec,
+    synthetic_sample,
+)
 from mim_model.training.train import TrainError
 
 from .test_synthetic import _square_chip

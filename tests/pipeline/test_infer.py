@@ -29,3 +29,38 @@ def test_padded_batch_gives_the_same_probabilities_as_the_short_one() -> None:
     # eval mode: a tile's result does not depend on the other tiles of its batch
     np.testing.assert_allclose(padded, short, rtol=0, atol=1e-5)
     assert short[:, 31, 31].min() > short[:, 5, 5].max()  # the network sees the targets
+
+
+def test_flip_tta_averages_the_tile_and_its_flips_mapped_back() -> None:
+    predictor = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2))
+    tta = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, flip_tta=True))
+    rng = np.random.default_rng(2)
+    tiles = (0.2 + 0.05 * rng.standard_normal((2, 64, 64))).astype(np.float32)
+    tiles[:, 10:13, 40:43] += 0.6  # off-centre: a wrong flip-back would move it
+    by_hand = np.mean([
+        predictor.predict(tiles),
+        predictor.predict(np.ascontiguousarray(tiles[:, :, ::-1]))[:, :, ::-1],
+        predictor.predict(np.ascontiguousarray(tiles[:, ::-1, :]))[:, ::-1, :],
+        predictor.predict(np.ascontiguousarray(tiles[:, ::-1, ::-1]))[:, ::-1, ::-1],
+    ], axis=0)
+    averaged = tta.predict(tiles)
+    np.testing.assert_allclose(averaged, by_hand, rtol=0, atol=1e-5)
+    assert not np.allclose(averaged, predictor.predict(tiles), atol=1e-4)  # the flips change the result
+    assert averaged[:, 11, 41].min() > averaged[:, 50, 10].max()
+
+
+def test_flip_averaged_maps_each_flip_back() -> None:
+    from mim_model.training.inference import flip_averaged
+
+    ramp = torch.arange(16.0).reshape(1, 1, 4, 4)
+
+    def position_weighted(x: torch.Tensor) -> torch.Tensor:  # not flip-equivariant
+        return x * ramp
+
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 1] = 1.0
+    out = flip_averaged(position_weighted, x, True)
+    # the pixel at (0, 1) is weighted by ramp at (0, 1), (0, 2), (3, 1), (3, 2) in the four flips
+    assert out[0, 0, 0, 1].item() == (1 + 2 + 13 + 14) / 4
+    assert out.sum().item() == out[0, 0, 0, 1].item()  # nothing lands elsewhere
+    assert torch.equal(flip_averaged(position_weighted, x, False), x * ramp)
