@@ -70,9 +70,9 @@ from mim_model.errors import MiMError, WeightsError
 from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, split_summary
 from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
-from mim_model.training.metrics import ThresholdSweep
+from mim_model.training.metrics import IRSTDMetrics, ThresholdSweep
 from mim_model.training.preprocess import NORMALISATION, to_model_input
-from mim_model.training.synthetic import SyntheticSource, SyntheticSpec
+from mim_model.training.synthetic import SyntheticSource, SyntheticSpec, land_validation_crops
 
 __all__ = [
     "TrainConfig",
@@ -170,6 +170,10 @@ class TrainConfig:
         Satellite IR rasters for synthetic crops (train-split targets pasted onto them).
     synthetic : SyntheticSpec
         Share and make-up of the synthetic crops (``p_synthetic`` 0: none).
+    land_val_crops : int
+        Also score, at each evaluation, this many fixed crops of the val split's targets on
+        procedural land clutter (:func:`land_validation_crops`) at the chosen threshold:
+        logged as ``land_val`` (Pd, Fa), never used to choose (0: off).
     """
 
     data_dir: str
@@ -204,6 +208,7 @@ class TrainConfig:
     init_weights: str | None = None
     synthetic_backgrounds: tuple[str, ...] = ()
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    land_val_crops: int = 0
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> TrainError:
@@ -232,6 +237,8 @@ class TrainConfig:
             raise bad("eval_thresholds", "probabilities in (0, 1)")
         if self.time_budget_min is not None and not self.time_budget_min > 0:
             raise bad("time_budget_min", "a positive number of minutes or None")
+        if self.land_val_crops < 0:
+            raise bad("land_val_crops", "an integer >= 0")
         if self.synthetic.needs_rasters and not self.synthetic_backgrounds:
             raise bad("synthetic_backgrounds", "at least one raster when synthetic.p_synthetic > 0 and p_clutter < 1")
 
@@ -404,6 +411,22 @@ def evaluate_split(
     return sweep
 
 
+def _score_land_val(
+    model: nn.Module,
+    crops: list[tuple[np.ndarray, np.ndarray]],
+    cfg: TrainConfig,
+    device: torch.device,
+    threshold: float,
+) -> dict[str, Any]:
+    """Pd and Fa (and IoU) of ``model`` on the land validation crops at ``threshold``."""
+    probs = predict_probs(model, [image for image, _ in crops], device=device, amp=cfg.amp,
+                          batch_size=cfg.eval_batch_size, scale=cfg.input_scale)
+    metrics = IRSTDMetrics()
+    for prob, (_, mask) in zip(probs, crops, strict=True):
+        metrics.update(prob > threshold, mask)
+    return _compact(metrics.result())
+
+
 def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("iou", "niou", "pd", "fa", "n_targets", "n_matched")
     return {k: metrics[k] for k in keys}
@@ -451,6 +474,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     if cfg.synthetic.p_synthetic > 0:
         synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
     val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
+    land_val = land_validation_crops(val_split, cfg.land_val_crops) if cfg.land_val_crops else []
     if cfg.batch_size > len(train_split) * cfg.epoch_repeats:
         raise TrainError(
             f"train config batch_size: expected at most the {len(train_split) * cfg.epoch_repeats} crops "
@@ -583,6 +607,8 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             record["val"] = {"threshold": threshold, **_compact(metrics)}
             if at_half is not None:
                 record["val_at_0.5"] = _compact(at_half)
+            if land_val:
+                record["land_val"] = _score_land_val(model, land_val, cfg, device, threshold)
             record["val_s"] = round(eval_times[-1], 3)
             if best is None or metrics["iou"] > best["val"]["iou"]:
                 best = {"epoch": epoch + 1, "threshold": threshold, "val": _compact(metrics)}
@@ -651,6 +677,9 @@ def _log_epoch(record: dict[str, Any], epochs: int, best: dict[str, Any] | None)
         if val
         else ""
     )
+    land = record.get("land_val")
+    if land:
+        val_text += f" | land pd {land['pd']:.4f} fa {land['fa']:.2e}"
     best_text = f" | best iou {best['val']['iou']:.4f} @ep{best['epoch']}" if best else ""
     log.info(
         "epoch %d/%d loss %.4f lr %.2e %.1fs%s%s",

@@ -62,3 +62,29 @@ def test_train_config_accepts_clutter_without_rasters(tiny_sirst: Path, tmp_path
     assert image.shape == (64, 64) and mask.any()
     with pytest.raises(TrainError, match="synthetic_backgrounds: expected at least one raster"):
         _config(tiny_sirst, tmp_path / "x", synthetic=SyntheticSpec(p_synthetic=0.5, p_clutter=0.5))
+
+
+@needs_sirst
+def test_land_validation_crops_are_fixed_and_logged_at_each_evaluation(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+    import json
+
+    from mim_model.training.data import SirstSplit
+    from mim_model.training.synthetic import land_validation_crops
+    from mim_model.training.train import train
+
+    val = SirstSplit.load(tiny_sirst, "val")
+    first, again = land_validation_crops(val, 3, 128), land_validation_crops(val, 3, 128)
+    assert len(first) == 3
+    for (image, mask), (image2, mask2) in zip(first, again, strict=True):
+        assert image.shape == mask.shape == (128, 128) and mask.dtype == np.bool_ and mask.any()
+        np.testing.assert_array_equal(image, image2)  # the same crops in every evaluation and run
+        assert image[mask].mean() > np.median(image) + 0.2  # hot targets (0.35-0.7 above their ground)
+    cfg = _config(tiny_sirst, tmp_path / "run", land_val_crops=2)
+    assert train(cfg)["finished"]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "land_val" not in records[0]  # no evaluation at epoch 1
+    land = records[1]["land_val"]
+    assert set(land) == {"iou", "niou", "pd", "fa", "n_targets", "n_matched"} and land["n_targets"] >= 2
+    assert 0.0 <= land["pd"] <= 1.0 and 0.0 <= land["fa"] <= 1.0
+    with pytest.raises(TrainError, match="land_val_crops: expected an integer >= 0, got -1"):
+        _config(tiny_sirst, tmp_path / "x", land_val_crops=-1)
