@@ -4,12 +4,16 @@
 # At the end it exports best.pt (chosen on val) to /root/train/export/ with a card that also
 # reports the test split (for the card only: nothing is chosen on test).
 #   bash scripts/gpu/start_training.sh MINUTES [irscan-train options...]
-# This session's fine-tuning (docs/benchmarks.md, run 2):
-#   bash scripts/gpu/start_training.sh 12 --init-weights mim_model/weights/mim_sirst.safetensors \
-#     --crop-px 512 --batch-size 16 --lr 1e-3 --warmup-epochs 2 --epochs 120 --eval-every 5
-# With synthetic crops on the Landsat backgrounds carried in .gpu/data (copied to /root/data):
-#   bash scripts/gpu/start_training.sh 25 --p-synthetic 0.3 \
-#     --synthetic-background /root/data/geo-ir-samples/landsat8_LC80200392015216LGN00_crop/l8_B10.tif ...
+# Run 3, the packaged weights (H200, 16 min; docs/benchmarks.md): fine-tuning with synthetic
+# crops on procedural land clutter and two Landsat thermal crops carried in .gpu/data:
+#   G=/root/data/geo-ir-samples
+#   bash scripts/gpu/start_training.sh 16 --init-weights mim_model/weights/mim_sirst.safetensors \
+#     --crop-px 512 --batch-size 16 --lr 5e-4 --warmup-epochs 1 --epochs 200 --eval-every 4 \
+#     --p-synthetic 0.35 --p-clutter 0.6 \
+#     --synthetic-background $G/landsat8_LC80200392015216LGN00_crop/l8_B10.tif \
+#     --synthetic-background $G/landsat5_LT52240631988227CUB02_crop/LT52240631988227CUB02_B6.TIF
+# Add --land-val-crops 64 to log a land score at each evaluation. Before the wheels are staged
+# there is no rasterio on the machine: backgrounds PIL cannot read (float64 TIFFs) fail then.
 set -euo pipefail
 minutes=${1:?minutes}; shift
 mkdir -p /root/train
