@@ -85,7 +85,7 @@ _SCAN_TYPES: dict[str, tuple[tuple[type, ...], str, tuple[Any, ...] | None]] = {
     "weights": ((str,), "a path or null", None),
     "threshold": (_NUMBER, "a number or null", None),
     "no_amp": ((bool,), "true or false", None),
-    "flip_tta": ((bool,), "true or false", None),
+    "tta_flips": ((bool,), "true or false", None),
     "ray_address": ((str,), "a string or null", None),
     "max_tiles_in_flight": ((int,), "an integer or null", None),
     "overwrite": ((bool,), "true or false", None),

@@ -51,7 +51,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Safetensors weights. [packaged]"),
     click.option("--threshold", type=float, default=None, help="Probability threshold. [from the weights]"),
     click.option("--no-amp", is_flag=True, help="Run the network in fp32 on GPU (default bf16 autocast)."),
-    click.option("--tta-flips", "flip_tta", is_flag=True,
+    click.option("--tta-flips", is_flag=True,
                  help="Average each tile over its three flips too (4x the compute; fewer false alarms)."),
     click.option("--ray-address", default=None, help="Ray cluster to join. [RAY_ADDRESS, else local]"),
     click.option("--max-tiles-in-flight", type=int, default=None, help="Bound on tiles held in memory."),
@@ -61,7 +61,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 
 SCAN_OPTION_NAMES = (
     "tile_px", "halo_px", "batch_size", "band", "norm_mode", "norm_low", "norm_high", "device",
-    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "flip_tta", "ray_address",
+    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "tta_flips", "ray_address",
     "max_tiles_in_flight", "overwrite", "progress",
 )
 
@@ -91,7 +91,7 @@ def config_from_options(values: dict[str, Any]) -> ScanConfig:
             device=values.get("device", "auto"),
             amp=not values.get("no_amp", False),
             threshold=values.get("threshold"),
-            flip_tta=values.get("flip_tta", False),
+            flip_tta=values.get("tta_flips", False),
         ),
         ray=RayOptions(
             address=values.get("ray_address"),

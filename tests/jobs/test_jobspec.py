@@ -66,7 +66,7 @@ def test_every_scan_option_is_accepted(tmp_path: Path, scenes: Path) -> None:
     scan = {
         "tile_px": 256, "halo_px": 32, "batch_size": 4, "band": 1, "norm_mode": "fixed",
         "norm_low": 0, "norm_high": 5000.5, "device": "cpu", "gpus_per_actor": 0.25,
-        "num_actors": 3, "weights": str(weights), "threshold": 0.4, "no_amp": False, "flip_tta": True,
+        "num_actors": 3, "weights": str(weights), "threshold": 0.4, "no_amp": False, "tta_flips": True,
         "ray_address": "auto", "max_tiles_in_flight": 64, "overwrite": True, "progress": False,
     }
     assert set(scan) == set(SCAN_OPTION_NAMES)

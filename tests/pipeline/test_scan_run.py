@@ -168,3 +168,31 @@ def test_existing_output_is_refused_unless_overwrite(local_ray, random_weights, 
     code, output = _error_line(args)
     assert code != 0 and "--overwrite" in output
     assert _scan([*args, "--overwrite"])[0] == 0
+
+
+def test_tta_flips_scan_is_the_flip_average_of_the_tiles(local_ray, random_weights, tmp_path):
+    """`--tta-flips` through Ray: a one-tile scene's probabilities equal the mean of the
+    network's output on the tile and its flips (computed here without Ray)."""
+    from pipeline.infer import InferenceSpec, TilePredictor
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1000, 1200, (96, 96)).astype(np.uint16)
+    data[20:23, 70:73] = 3000
+    scene = _write(tmp_path / "one.tif", data)
+    code, output = _scan([str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+                          "--tile-px", "128", "--halo-px", "16", "--batch-size", "2", "--tta-flips",
+                          "--norm", "fixed", "--norm-low", "1000", "--norm-high", "3000"])
+    assert code == 0, output
+    out = tmp_path / "out" / "one"
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["inference"]["flip_tta"] is True
+    prob = zarr.open_group(out / "mask.zarr", mode="r")["probability"][:]
+    # the tile as the runner builds it: the scene at [16, 112) of a 128 px tile, the halo and
+    # the rest filled by reflection (pipeline.scene)
+    tile = np.pad(np.clip((data.astype(np.float32) - 1000) / 2000, 0, 1), 16, mode="reflect")[None]
+    expected = TilePredictor(InferenceSpec(weights_path=str(random_weights), device="cpu", flip_tta=True,
+                                           torch_threads=2)).predict(tile)[0, 16:112, 16:112]
+    plain = TilePredictor(InferenceSpec(weights_path=str(random_weights), device="cpu",
+                                        torch_threads=2)).predict(tile)[0, 16:112, 16:112]
+    np.testing.assert_allclose(prob, expected, atol=2e-3)
+    assert np.abs(prob - plain).max() > 1e-3  # and not the plain result
