@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from mim_model.training.synthetic import STRETCH_PCT
+from mim_model.training.preprocess import STRETCH_PCT
 
 __all__ = ["clutter_background"]
 

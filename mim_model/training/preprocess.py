@@ -14,10 +14,14 @@ import torch
 
 from mim_model.errors import InputShapeError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "to_model_input", "grey_uint8_to_01"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "STRETCH_PCT", "to_model_input", "grey_uint8_to_01"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Percentiles that stretch a satellite band onto [0, 1] (pipeline.normalize's default
+#: percentile mode); the synthetic training backgrounds are stretched the same way.
+STRETCH_PCT = (0.5, 99.99)
 
 #: Recorded in the weights' metadata so a reader knows what the network expects.
 NORMALISATION = "grey/255 replicated to 3 channels, ImageNet mean (0.485,0.456,0.406) std (0.229,0.224,0.225)"

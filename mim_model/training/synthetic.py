@@ -31,7 +31,9 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from mim_model.training.clutter import clutter_background
 from mim_model.training.data import DatasetError, SirstSplit, random_d4
+from mim_model.training.preprocess import STRETCH_PCT
 
 __all__ = [
     "LAND_VAL_SPEC",
@@ -46,7 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STRETCH_PCT = (0.5, 99.99)  # as pipeline.normalize's default percentile mode
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,10 +200,6 @@ def synthetic_sample(
     """
     side = max(8, round(crop_px / scale))
     if not backgrounds or (spec.p_clutter > 0 and rng.random() < spec.p_clutter):
-        from mim_model.training.clutter import (
-            clutter_background,  # it imports this module
-        )
-
         window = clutter_background(max(side, 64), rng)[:side, :side]
     else:
         window = _raster_window(backgrounds, side, rng)
