@@ -19,8 +19,8 @@ import torch
 from mim_model.ops import scan_backends
 from mim_model.training.inference import (
     DEFAULT_THRESHOLD,
-    autocast_for,
     flip_averaged,
+    model_probabilities,
     weights_input_scale,
     weights_threshold,
 )
@@ -177,15 +177,12 @@ class TilePredictor:
                 )
             batch = torch.nn.functional.interpolate(batch, size=(scaled_side, scaled_side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale < 1)
-        probs = flip_averaged(self._probabilities, to_model_input(batch), self.spec.flip_tta)
+        probs = flip_averaged(lambda x: model_probabilities(self.model, x, self.device, self.spec.amp),
+                              to_model_input(batch), self.spec.flip_tta)
         if self.input_scale != 1.0:
             probs = torch.nn.functional.interpolate(probs, size=(side, side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale > 1)
         return probs[:, 0].cpu().numpy()
-
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast_for(self.device, self.spec.amp):
-            return torch.sigmoid(self.model(x).float())
 
     def timed_predict(self, tiles01: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float32], float]:
         start = time.perf_counter()

@@ -44,6 +44,7 @@ __all__ = [
     "autocast_for",
     "axis_tiles",
     "flip_averaged",
+    "model_probabilities",
     "padded_side",
     "predict_probs",
     "weights_input_scale",
@@ -134,18 +135,21 @@ def flip_averaged(
     return total / len(TTA_FLIP_DIMS)
 
 
+def model_probabilities(model: torch.nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+    """sigmoid(model(x)) in float32 for network input ``x`` (B, 3, S, S), under bf16
+    autocast on CUDA when ``amp``."""
+    with autocast_for(device, amp):
+        logits = model(x)
+    return torch.sigmoid(logits.float())
+
+
 def _run_batch(
     model: torch.nn.Module, batch: torch.Tensor, device: torch.device, amp: bool, flip_tta: bool = False
 ) -> torch.Tensor:
     """grey01 (B, 1, S, S) on CPU -> probabilities (B, S, S) float32 on CPU."""
     x = to_model_input(batch.to(device, non_blocking=True))
-
-    def probabilities(inputs: torch.Tensor) -> torch.Tensor:
-        with autocast_for(device, amp):
-            logits = model(inputs)
-        return torch.sigmoid(logits.float())
-
-    return flip_averaged(probabilities, x, flip_tta)[:, 0].cpu()
+    probs = flip_averaged(lambda inputs: model_probabilities(model, inputs, device, amp), x, flip_tta)
+    return probs[:, 0].cpu()
 
 
 def _batches(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:

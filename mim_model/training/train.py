@@ -70,7 +70,7 @@ from mim_model.errors import MiMError, WeightsError
 from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, split_summary
 from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
-from mim_model.training.metrics import IRSTDMetrics, ThresholdSweep
+from mim_model.training.metrics import ThresholdSweep
 from mim_model.training.preprocess import NORMALISATION, to_model_input
 from mim_model.training.synthetic import SyntheticSource, SyntheticSpec, land_validation_crops
 
@@ -404,9 +404,25 @@ def evaluate_split(
     """Run ``model`` on every image of ``split`` (resized by ``scale``, probabilities resized
     back to native size) and sweep the thresholds at native size."""
     images01 = [img.astype(np.float32) / 255.0 for img in split.images]
+    return _sweep(model, images01, split.masks, device=device, thresholds=thresholds, amp=amp,
+                  batch_size=batch_size, scale=scale)
+
+
+def _sweep(
+    model: nn.Module,
+    images01: list[np.ndarray],
+    masks: list[np.ndarray],
+    *,
+    device: torch.device,
+    thresholds: tuple[float, ...],
+    amp: bool,
+    batch_size: int,
+    scale: float,
+) -> ThresholdSweep:
+    """Probabilities of grey [0, 1] images scored against their masks at each threshold."""
     probs = predict_probs(model, images01, device=device, amp=amp, batch_size=batch_size, scale=scale)
     sweep = ThresholdSweep(thresholds)
-    for prob, mask in zip(probs, split.masks, strict=True):
+    for prob, mask in zip(probs, masks, strict=True):
         sweep.update(prob, mask)
     return sweep
 
@@ -419,12 +435,9 @@ def _score_land_val(
     threshold: float,
 ) -> dict[str, Any]:
     """Pd and Fa (and IoU) of ``model`` on the land validation crops at ``threshold``."""
-    probs = predict_probs(model, [image for image, _ in crops], device=device, amp=cfg.amp,
-                          batch_size=cfg.eval_batch_size, scale=cfg.input_scale)
-    metrics = IRSTDMetrics()
-    for prob, (_, mask) in zip(probs, crops, strict=True):
-        metrics.update(prob > threshold, mask)
-    return _compact(metrics.result())
+    sweep = _sweep(model, [image for image, _ in crops], [mask for _, mask in crops], device=device,
+                   thresholds=(threshold,), amp=cfg.amp, batch_size=cfg.eval_batch_size, scale=cfg.input_scale)
+    return _compact(sweep.results()[float(threshold)])
 
 
 def _compact(metrics: dict[str, Any]) -> dict[str, Any]:

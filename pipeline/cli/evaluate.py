@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.options import tta_flips_option
+
 
 @click.command("evaluate")
 @click.argument("data_dir", type=click.Path(path_type=Path))
@@ -15,14 +17,13 @@ import click
 @click.option("--weights", type=click.Path(path_type=Path), help="Safetensors weights. [packaged default]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
-@click.option("--tta-flips", "flip_tta", is_flag=True,
-              help="Average over the image and its three flips (4x the compute; fewer false alarms).")
+@tta_flips_option
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per forward pass.")
 def command(data_dir: Path, split: str, split_dir: str, weights: Path | None, device: str,
-            threshold: float | None, flip_tta: bool, batch_size: int) -> None:
+            threshold: float | None, tta_flips: bool, batch_size: int) -> None:
     """Score weights on DATA_DIR's split at native resolution; print the metrics as JSON."""
     from mim_model.training.evaluate import evaluate
 
     result = evaluate(data_dir, split, weights=weights, device=device, threshold=threshold,
-                      split_dir=split_dir, batch_size=batch_size, flip_tta=flip_tta)
+                      split_dir=split_dir, batch_size=batch_size, flip_tta=tta_flips)
     click.echo(json.dumps(result, indent=2))

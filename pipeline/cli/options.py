@@ -34,7 +34,13 @@ from pipeline.infer import InferenceSpec
 from pipeline.normalize import NormalizationSpec
 from pipeline.tiling import TilingSpec
 
-__all__ = ["scan_options", "config_from_options", "SCAN_OPTION_NAMES"]
+__all__ = ["scan_options", "config_from_options", "SCAN_OPTION_NAMES", "tta_flips_option"]
+
+#: ``--tta-flips``, shared by ``scan``/``plan``/``run``, ``evaluate`` and ``predict``.
+tta_flips_option = click.option(
+    "--tta-flips", is_flag=True,
+    help="Average the probabilities over the input and its three flips (4x the compute; fewer false alarms).",
+)
 
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--tile-px", type=int, default=512, show_default=True, help="Tile side, multiple of 64."),
@@ -51,8 +57,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Safetensors weights. [packaged]"),
     click.option("--threshold", type=float, default=None, help="Probability threshold. [from the weights]"),
     click.option("--no-amp", is_flag=True, help="Run the network in fp32 on GPU (default bf16 autocast)."),
-    click.option("--tta-flips", is_flag=True,
-                 help="Average each tile over its three flips too (4x the compute; fewer false alarms)."),
+    tta_flips_option,
     click.option("--ray-address", default=None, help="Ray cluster to join. [RAY_ADDRESS, else local]"),
     click.option("--max-tiles-in-flight", type=int, default=None, help="Bound on tiles held in memory."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs."),

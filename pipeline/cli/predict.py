@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.options import tta_flips_option
+
 
 @click.command("predict")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
@@ -19,14 +21,13 @@ import click
 @click.option("--weights", type=click.Path(path_type=Path), help="Safetensors weights. [packaged default]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
-@click.option("--tta-flips", "flip_tta", is_flag=True,
-              help="Average over the image and its three flips (4x the compute; fewer false alarms).")
+@tta_flips_option
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images per forward pass.")
 def command(images: tuple[Path, ...], out_dir: Path, prob: bool, weights: Path | None, device: str,
-            threshold: float | None, flip_tta: bool, batch_size: int) -> None:
+            threshold: float | None, tta_flips: bool, batch_size: int) -> None:
     """Write target masks of IMAGE... (any size) into --out."""
     from mim_model.training.predict import predict
 
     for row in predict(list(images), out_dir, weights=weights, prob=prob, device=device,
-                       threshold=threshold, batch_size=batch_size, flip_tta=flip_tta):
+                       threshold=threshold, batch_size=batch_size, flip_tta=tta_flips):
         click.echo(json.dumps(row))
