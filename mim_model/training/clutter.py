@@ -5,15 +5,22 @@ background and must not be trained on; the Landsat thermal crops are smooth clou
 terrain at 100 m. A scanned SWIR scene at 10-30 m is mostly what this module draws, with
 the shapes that make a small-target detector fire or go blind:
 
-- a patchwork of fields (nested rectangles at a random angle), each of its own brightness
-  with faint furrows or noise inside, separated by sharp edges;
-- straight roads (1-2 px, brighter or darker than the fields);
+- a patchwork of fields at a random angle, either nested rectangles or irregular
+  (stretched Voronoi) parcels, 6 to 40 px across as at 10-30 m, each of its own brightness
+  (some bright enough to reach the top of the stretch) with furrows, noise or a rough
+  crop texture of its own inside, separated by sharp edges;
+- roads: along some field edges and straight ones across the scene (1-2 px, brighter or
+  darker than the fields);
+- settlements: blobs of dense small-scale structure (buildings, yards) of up to 0.25 of
+  the range, the busiest texture of a real scene (Sentinel-2 SWIR at 20 m has ten times
+  the small-scale variation of uniform fields);
 - water (very dark, smooth) in large blobs and winding channels;
 - woods: darker, rough patches;
 - terrain shading (1/f noise) and a sensor blur of about one pixel.
 
-Nothing in it is target-like on purpose (no isolated bright spots): every pasted target
-is a positive and the clutter is the negative. The result is stretched onto [0, 1] by the
+Nothing in it is a target on purpose: no isolated smooth bright spot stands far above its
+ground (settlement structure stays below 0.25 of the range and comes in clusters); every
+pasted target is a positive and the clutter is the negative. The result is stretched onto [0, 1] by the
 0.5 and 99.99 percentiles, as ``irscan scan`` normalises a scene.
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from mim_model.training.preprocess import STRETCH_PCT
 
@@ -49,7 +57,7 @@ def _parcels(side_px: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.int
     labels = np.zeros((side_px, side_px), np.int32)
     boxes = [(0, 0, side_px, side_px)]
     count = 0
-    min_px = int(rng.integers(16, 50))
+    min_px = int(round(float(np.exp(rng.uniform(np.log(6.0), np.log(40.0))))))
     while boxes:
         r0, c0, r1, c1 = boxes.pop()
         h, w = r1 - r0, c1 - c0
@@ -67,18 +75,32 @@ def _parcels(side_px: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.int
     return labels, count
 
 
+def _voronoi_parcels(side_px: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.int32], int]:
+    """Label image of irregular fields: nearest of random seeds, stretched along one axis."""
+    cell_px = float(np.exp(rng.uniform(np.log(8.0), np.log(45.0))))
+    stretch = rng.uniform(1.0, 3.0)
+    count = max(4, int((side_px / cell_px) ** 2))
+    seeds = rng.uniform(0, side_px, (count, 2))
+    rr, cc = np.mgrid[0:side_px, 0:side_px].astype(np.float32)
+    points = np.stack([rr.ravel(), cc.ravel() / stretch], axis=1)
+    _, nearest = cKDTree(seeds * np.array([1.0, 1.0 / stretch])).query(points)
+    return (nearest.reshape(side_px, side_px) + 1).astype(np.int32), count
+
+
 def _farmland(side_px: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Fields of random brightness at a random angle, with roads along some field edges."""
     big = int(side_px * 1.45) + 2  # room to rotate and crop back
-    labels, count = _parcels(big, rng)
-    brightness = rng.beta(1.3, 3.5, count + 1).astype(np.float32) * 0.8 + 0.03
+    labels, count = _parcels(big, rng) if rng.random() < 0.4 else _voronoi_parcels(big, rng)
+    brightness = rng.beta(1.0, 2.2, count + 1).astype(np.float32) * 0.9 + 0.03
     image = brightness[labels]
-    # texture inside the fields: furrows in some, fine noise in all
+    # texture inside the fields: furrows in some, a rough crop texture in others, fine noise in all
     furrow_period = rng.uniform(3.0, 8.0)
     rows = np.arange(big, dtype=np.float32)[:, None]
     furrows = np.sin(2 * np.pi * rows / furrow_period).astype(np.float32) * np.ones((1, big), np.float32)
-    furrowed = (rng.random(count + 1) < 0.3)[labels]
-    image += np.where(furrowed, 0.04 * furrows, 0.0)
+    kind = rng.random(count + 1)
+    image += np.where((kind < 0.3)[labels], 0.04 * furrows, 0.0)
+    rough_amplitude = np.where(kind > 0.6, rng.uniform(0.02, 0.08, count + 1), 0.0).astype(np.float32)
+    image += rough_amplitude[labels] * _smooth_noise(big, rng.uniform(0.7, 2.0), rng)
     image += 0.03 * rng.standard_normal((big, big)).astype(np.float32) * rng.uniform(0.3, 1.0)
     # roads: thin lines along some parcel boundaries
     edges = (labels != np.roll(labels, 1, axis=0)) | (labels != np.roll(labels, 1, axis=1))
@@ -86,12 +108,45 @@ def _farmland(side_px: int, rng: np.random.Generator) -> npt.NDArray[np.float32]
     roads = edges & keep_road[labels]
     if rng.random() < 0.5:
         roads = ndimage.binary_dilation(roads)
+    roads |= _straight_roads(big, int(rng.integers(0, 7)), rng)
     road_value = rng.uniform(0.35, 0.75) if rng.random() < 0.6 else rng.uniform(0.0, 0.1)
     image = np.where(roads, road_value, image)
     angle = rng.uniform(0.0, 90.0)
     rotated = ndimage.rotate(image, angle, reshape=False, order=1, mode="reflect")
     start = (big - side_px) // 2
     return rotated[start : start + side_px, start : start + side_px]
+
+
+def _straight_roads(side_px: int, count: int, rng: np.random.Generator) -> npt.NDArray[np.bool_]:
+    """``count`` straight 1 px lines across the image at random angles."""
+    roads = np.zeros((side_px, side_px), bool)
+    t = np.arange(-side_px, side_px, 0.5)
+    for _ in range(count):
+        r0, c0 = rng.uniform(0, side_px, 2)
+        angle = rng.uniform(0, np.pi)
+        r, c = (r0 + t * np.sin(angle)).astype(int), (c0 + t * np.cos(angle)).astype(int)
+        inside = (r >= 0) & (r < side_px) & (c >= 0) & (c < side_px)
+        roads[r[inside], c[inside]] = True
+    return roads
+
+
+def _settlements(side_px: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+    """Where the settlements are (0 to 3 blobs) and their structure: small bright and dark
+    rectangles (buildings, yards) of up to 0.25 of the range, dense, never alone."""
+    where = np.zeros((side_px, side_px), bool)
+    for _ in range(int(rng.integers(0, 4))):
+        radius = rng.uniform(8, side_px / 6)
+        r0, c0 = rng.uniform(0, side_px, 2)
+        rr, cc = np.ogrid[0:side_px, 0:side_px]
+        wobble = 1.0 + 0.4 * _smooth_noise(side_px, radius / 2, rng)
+        where |= np.hypot(rr - r0, cc - c0) < radius * wobble
+    structure = np.zeros((side_px, side_px), np.float32)
+    if where.any():
+        dots = rng.random((side_px, side_px)) < rng.uniform(0.05, 0.2)
+        values = rng.uniform(-0.15, 0.25, (side_px, side_px)).astype(np.float32)
+        block = ndimage.grey_dilation(np.where(dots, values, 0.0), size=(2, 2))
+        structure = np.where(where, block, 0.0).astype(np.float32)
+    return where, structure
 
 
 def _channels(side_px: int, rng: np.random.Generator) -> npt.NDArray[np.bool_]:
@@ -118,6 +173,9 @@ def clutter_background(side_px: int, rng: np.random.Generator) -> npt.NDArray[np
     woods = _smooth_noise(side_px, side_px / 16, rng) > rng.uniform(0.6, 1.6)
     rough = 0.03 * _smooth_noise(side_px, 1.5, rng)
     image = np.where(woods, rng.uniform(0.05, 0.2) + rough, image)
+    # settlements: dense small-scale structure over a brighter ground
+    town, structure = _settlements(side_px, rng)
+    image = np.where(town, 0.5 * image + rng.uniform(0.15, 0.35), image) + structure
     # terrain shading
     image = image * (1.0 + rng.uniform(0.05, 0.25) * _fractal_noise(side_px, rng))
     # water: large smooth blobs (a random share of the scene, often none) and channels

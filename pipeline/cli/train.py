@@ -56,6 +56,8 @@ def _show_progress(ctx: click.Context) -> None:
               help="Share of the synthetic crops drawn on procedural land clutter, not a raster. [0]")
 @click.option("--land-val-crops", type=int,
               help="Also log Pd/Fa on this many val-target crops on procedural land at each evaluation. [0]")
+@click.option("--ema-decay", type=float,
+              help="Evaluate and save a moving average of the weights with this per-step decay (0: off). [0]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA. [on]")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt.")

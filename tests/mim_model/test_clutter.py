@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mim_model.training.clutter import clutter_background
+from mim_model.training.clutter import _settlements, _straight_roads, _voronoi_parcels, clutter_background
 from mim_model.training.synthetic import (
     SyntheticSource,
     SyntheticSpec,
@@ -34,6 +34,38 @@ def test_clutter_is_a_structured_image_in_the_unit_range_and_a_function_of_the_s
                               clutter_background(128, np.random.default_rng(5)))
     with pytest.raises(ValueError, match="side_px: expected at least 64, got 32"):
         clutter_background(32, np.random.default_rng(0))
+
+
+def test_straight_roads_are_one_pixel_lines() -> None:
+    rng = np.random.default_rng(3)
+    assert not _straight_roads(128, 0, rng).any()
+    for _ in range(5):
+        rows, cols = np.nonzero(_straight_roads(128, 1, rng))
+        assert rows.size >= 8
+        points = np.stack([rows, cols], 1).astype(float)
+        spread = np.linalg.eigvalsh(np.cov((points - points.mean(0)).T))
+        assert np.sqrt(spread[0]) < 0.6  # across the line: one pixel (rounding)
+
+
+def test_settlement_structure_is_bounded_dense_and_only_in_the_settlements() -> None:
+    seen = 0
+    for seed in range(12):
+        where, structure = _settlements(160, np.random.default_rng(seed))
+        assert structure.dtype == np.float32 and not structure[~where].any()
+        assert structure.min() >= -0.15 and structure.max() <= 0.25
+        if where.sum() > 400:
+            seen += 1
+            assert (structure[where] != 0).mean() > 0.15  # dense: buildings in clusters, not lone spots
+    assert seen >= 3
+
+
+def test_voronoi_fields_are_field_sized_and_cover_the_image() -> None:
+    for seed in range(4):
+        labels, count = _voronoi_parcels(200, np.random.default_rng(seed))
+        present = np.unique(labels)
+        assert labels.shape == (200, 200) and present.min() >= 1 and present.max() <= count
+        mean_area = labels.size / present.size
+        assert 6**2 <= mean_area <= 60**2
 
 
 def test_synthetic_crops_on_clutter_need_no_raster() -> None:

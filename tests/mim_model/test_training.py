@@ -268,3 +268,44 @@ def test_fine_tuning_refuses_weights_of_another_input_scale(tiny_sirst: Path, tm
     cfg = _config(tiny_sirst, tmp_path / "bad", epochs=1, input_scale=1.0, init_weights=str(DEFAULT_WEIGHTS_PATH))
     with pytest.raises(TrainError, match=r"init_weights: .*mim_sirst.safetensors has input_scale '2.0', expected 1.0"):
         train(cfg)
+
+
+def test_weight_average_moves_by_one_minus_decay_and_copies_buffers() -> None:
+    from mim_model.training.train import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.75)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+        model[1].running_mean.fill_(2.5)
+    average.update(model)
+    for mine, before in zip(average.model.parameters(), start, strict=True):
+        torch.testing.assert_close(mine, before + 1.0)  # 0.75 * w + 0.25 * (w + 4)
+        assert not mine.requires_grad
+    torch.testing.assert_close(average.model[1].running_mean, torch.full((2,), 2.5))
+    assert not average.model.training
+    with pytest.raises(TrainError, match=r"ema_decay: expected a decay in \[0, 1\), got 1.0"):
+        TrainConfig(data_dir="d", out_dir="o", ema_decay=1.0)
+
+
+@needs_sirst
+def test_weight_average_is_what_is_chosen_and_survives_resume(tiny_sirst: Path, tmp_path: Path) -> None:
+    straight = train(_config(tiny_sirst, tmp_path / "a", ema_decay=0.5))
+    assert straight["finished"]
+    last = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    assert best["epoch"] == 2  # the only evaluation
+    moved = 0
+    for name, value in last["ema_model"].items():
+        torch.testing.assert_close(best["model"][name], value, msg=name)  # best.pt holds the average
+        moved += int(value.is_floating_point() and not torch.equal(value, last["model"][name]))
+    assert moved > 50  # the average is not the raw weights
+    train(_config(tiny_sirst, tmp_path / "b", ema_decay=0.5), max_epochs_this_run=1)
+    train(_config(tiny_sirst, tmp_path / "b", ema_decay=0.5))
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for name, value in last["ema_model"].items():
+        torch.testing.assert_close(resumed["ema_model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    card = export(tmp_path / "a" / "best.pt", tmp_path / "w" / "ema.safetensors")["card"]
+    assert "a moving average of the trained weights (decay 0.5 per step)" in Path(card).read_text()
