@@ -172,6 +172,10 @@ class TrainConfig:
     init_weights : str or None
         Safetensors weights to start from (fine-tuning) when the run starts afresh; their
         layout and input scale must match this config. Ignored when resuming.
+    init_any_scale : bool
+        Accept ``init_weights`` trained at another input scale (the parameters do not
+        depend on it; the network then learns the new scale): for moving weights to a
+        finer input scale without training from scratch.
     synthetic_backgrounds : tuple of str
         Satellite IR rasters for synthetic crops (train-split targets pasted onto them).
     synthetic : SyntheticSpec
@@ -215,6 +219,7 @@ class TrainConfig:
     time_budget_min: float | None = None
     augment: Augment = field(default_factory=Augment)
     init_weights: str | None = None
+    init_any_scale: bool = False
     synthetic_backgrounds: tuple[str, ...] = ()
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     land_val_crops: int = 0
@@ -339,7 +344,9 @@ def _load_init_weights(model: nn.Module, cfg: TrainConfig) -> None:
         if got is None:
             continue
         same = float(got) == float(want) if key == "input_scale" else got == want
-        if not same:
+        if not same and key == "input_scale" and cfg.init_any_scale:
+            log.warning("%s was trained at input scale %s: fine-tuning it at %s", path, got, want)
+        elif not same:
             raise TrainError(f"train config init_weights: {path} has {key} {got!r}, expected {want!r} as configured")
     model.load_state_dict(start.state_dict())
     log.info("starting from %s", path)
@@ -779,7 +786,8 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
         *([_synthetic_card_line(cfg)] if cfg.get("synthetic", {}).get("p_synthetic", 0) > 0 else []),
-        *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule)."]
+        *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule"
+           + (", any input scale)." if cfg.get("init_any_scale") else ").")]
           if cfg.get("init_weights") else []),
         *([f"- Weights: a moving average of the trained weights (decay {cfg['ema_decay']} per step)."]
           if cfg.get("ema_decay") else []),

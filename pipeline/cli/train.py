@@ -59,6 +59,8 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--ema-decay", type=float,
               help="Evaluate and save a moving average of the weights with this per-step decay (0: off). [0]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
+@click.option("--init-any-scale", is_flag=True, default=None,
+              help="Accept --init-weights trained at another --input-scale (to move weights to a finer scale).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA. [on]")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path),

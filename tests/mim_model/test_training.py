@@ -268,6 +268,18 @@ def test_fine_tuning_refuses_weights_of_another_input_scale(tiny_sirst: Path, tm
     cfg = _config(tiny_sirst, tmp_path / "bad", epochs=1, input_scale=1.0, init_weights=str(DEFAULT_WEIGHTS_PATH))
     with pytest.raises(TrainError, match=r"init_weights: .*mim_sirst.safetensors has input_scale '2.0', expected 1.0"):
         train(cfg)
+    # on request, the same weights start a run at the other scale
+    from mim_model.weights import load_safetensors
+
+    start, _ = load_safetensors(DEFAULT_WEIGHTS_PATH)
+    moved = _config(tiny_sirst, tmp_path / "moved", epochs=1, eval_every=1, input_scale=1.0, lr=1e-12,
+                    warmup_epochs=0.0, init_weights=str(DEFAULT_WEIGHTS_PATH), init_any_scale=True)
+    train(moved)
+    tuned = torch.load(tmp_path / "moved" / "best.pt", weights_only=True)["model"]
+    name = next(k for k in start if k.endswith("weight") and start[k].ndim == 4)
+    torch.testing.assert_close(tuned[name], start[name], rtol=0, atol=1e-6)
+    card = export(tmp_path / "moved" / "best.pt", tmp_path / "w" / "moved.safetensors")["card"]
+    assert "Fine-tuned from `mim_sirst.safetensors` (a fresh optimizer and schedule, any input scale)." in Path(card).read_text()
 
 
 def test_weight_average_moves_by_one_minus_decay_and_copies_buffers() -> None:
