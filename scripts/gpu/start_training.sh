@@ -12,7 +12,10 @@
 #     --p-synthetic 0.35 --p-clutter 0.6 \
 #     --synthetic-background $G/landsat8_LC80200392015216LGN00_crop/l8_B10.tif \
 #     --synthetic-background $G/landsat5_LT52240631988227CUB02_crop/LT52240631988227CUB02_B6.TIF
-# Add --land-val-crops 64 to log a land score at each evaluation. Before the wheels are staged
+# Add --land-val-crops 64 to log a land score at each evaluation, --ema-decay 0.998 to choose
+# among moving averages of the weights. A run longer than one machine's lease: before the
+# lease ends, bash scripts/gpu/save_run.sh sends it home (copy $OUT's files to .gpu/ckpt/);
+# on the next machine setup_device.sh restores it and the same command resumes it. Before the wheels are staged
 # there is no rasterio on the machine: backgrounds PIL cannot read (float64 TIFFs) fail then.
 set -euo pipefail
 minutes=${1:?minutes}; shift
