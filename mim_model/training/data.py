@@ -114,13 +114,18 @@ def load_grey(path: str | Path) -> npt.NDArray[np.uint8]:
     DatasetError
         If the file is missing or PIL cannot read it.
     """
+    return np.asarray(_open_image(path).convert("L"), dtype=np.uint8)
+
+
+def _open_image(path: str | Path) -> Image.Image:
+    """The image file, loaded by PIL; a missing or unreadable file is a DatasetError."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image {path}: expected an image file, got none there")
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("L"), dtype=np.uint8)
+            return im.copy()
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DatasetError(f"image {path}: expected an image PIL can read, got {type(err).__name__}: {err}") from err
 
@@ -138,22 +143,15 @@ def load_grey01(path: str | Path) -> npt.NDArray[np.float32]:
     DatasetError
         If the file is missing or PIL cannot read it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"image {path}: expected an image file, got none there")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode.startswith("I") or im.mode == "F":
-                arr = np.asarray(im, dtype=np.float64)
-                if arr.ndim == 3:
-                    arr = arr.mean(axis=2)
-                lo, hi = float(arr.min()), float(arr.max())
-                log.warning("image %s has %s pixels: stretched min..max %g..%g to 0..1", path, im.mode, lo, hi)
-                return ((arr - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(f"image {path}: expected an image PIL can read, got {type(err).__name__}: {err}") from err
+    im = _open_image(path)
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.ndim == 3:
+            arr = arr.mean(axis=2)
+        lo, hi = float(arr.min()), float(arr.max())
+        log.warning("image %s has %s pixels: stretched min..max %g..%g to 0..1", path, im.mode, lo, hi)
+        return ((arr - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
 def load_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> npt.NDArray[np.bool_]:
