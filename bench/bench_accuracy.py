@@ -1,0 +1,224 @@
+"""Accuracy analyses behind docs/benchmarks.md (training section and scan accuracy), on CPU.
+
+    python bench/bench_accuracy.py val WEIGHTS... [--scales 1.5,2,2.5] [--average]
+    python bench/bench_accuracy.py val-errors [WEIGHTS]
+    python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
+    python bench/bench_accuracy.py land-val WEIGHTS...
+    python bench/bench_accuracy.py scene-recall WEIGHTS...
+
+``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
+probabilities over several input scales (``--scales``), or of the average of all given
+weights (``--average``: equal shares, a "weight soup"). ``val-errors``: where val IoU is
+lost at the weights' threshold: pixels of masks drawn too wide / too narrow, of false-alarm
+objects and of missed targets. ``outline-ceiling``: how well the network's output grid (a
+quarter of its input) can draw the val masks: each mask averaged onto it, and logits fitted
+to it (both up-sampled as the network does). ``land-val``: Pd/Fa on the training's land
+validation crops (val-split targets on procedural clutter) at each weights' threshold.
+``scene-recall``: targets found within 3 px on the scan accuracy test's 4000^2 Sentinel-2
+scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``).
+
+Data: ``$IRSCAN_SHARED_DATA`` or ../shared/data. Prints one JSON object per result.
+Nothing here chooses weights for the package on test data: ``val`` and ``land-val`` are
+the validation figures, ``scene-recall`` is the test of the scan issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mim_model.training.data import SirstSplit  # noqa: E402
+from mim_model.training.inference import predict_probs  # noqa: E402
+from mim_model.training.metrics import ThresholdSweep  # noqa: E402
+from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata  # noqa: E402
+from tests.scene_builder import shared_data_dir  # noqa: E402
+
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+EIGHT = np.ones((3, 3), bool)
+
+
+def _split(name: str) -> SirstSplit:
+    data = shared_data_dir()
+    if data is None:
+        sys.exit("bench_accuracy: shared data not found: set IRSCAN_SHARED_DATA")
+    return SirstSplit.load(data / "sirst", name, "idx_427")
+
+
+def _probs(model: torch.nn.Module, split: SirstSplit, scale: float) -> list[np.ndarray]:
+    images = [img.astype(np.float32) / 255.0 for img in split.images]
+    return predict_probs(model, images, device="cpu", amp=False, batch_size=4, scale=scale)
+
+
+def _compact(metrics: dict) -> dict:
+    return {k: round(float(metrics[k]), 6) for k in ("iou", "niou", "pd", "fa")}
+
+
+def _sweep(probs: list[np.ndarray], masks: list[np.ndarray], thresholds=THRESHOLDS) -> dict:
+    sweep = ThresholdSweep(thresholds)
+    for prob, mask in zip(probs, masks, strict=True):
+        sweep.update(prob, mask)
+    threshold, best = sweep.best("iou")
+    at_half = sweep.results().get(0.5)
+    return {"best_threshold": threshold, "best": _compact(best), "at_0.5": _compact(at_half) if at_half else None}
+
+
+def _averaged(paths: list[str]) -> torch.nn.Module:
+    models = [load_model(p) for p in paths]
+    states = [m.state_dict() for m in models]
+    mean = {k: sum(s[k] for s in states) / len(states) if states[0][k].is_floating_point() else states[0][k]
+            for k in states[0]}
+    models[0].load_state_dict(mean)
+    return models[0]
+
+
+def cmd_val(args: argparse.Namespace) -> None:
+    split = _split("val")
+    scales = [float(x) for x in args.scales.split(",")]
+    named = [("average of " + ", ".join(args.weights), _averaged(args.weights))] if args.average else [
+        (w, load_model(w)) for w in args.weights]
+    for name, model in named:
+        runs = [_probs(model, split, scale) for scale in scales]
+        probs = [sum(parts) / len(parts) for parts in zip(*runs, strict=True)]
+        print(json.dumps({"weights": name, "scales": scales, **_sweep(probs, split.masks)}), flush=True)
+
+
+def cmd_val_errors(args: argparse.Namespace) -> None:
+    split = _split("val")
+    threshold = float(read_metadata(args.weights).get("threshold", 0.5))
+    probs = _probs(load_model(args.weights), split, float(read_metadata(args.weights).get("input_scale", 2.0)))
+    counts = dict(right=0, too_wide=0, false_alarm=0, too_narrow=0, missed=0)
+    for prob, mask in zip(probs, split.masks, strict=True):
+        pred, mask = prob > threshold, mask > 0
+        counts["right"] += int((pred & mask).sum())
+        labels, n = ndimage.label(pred, EIGHT)
+        for k in range(1, n + 1):
+            part = labels == k
+            key = "too_wide" if (part & mask).any() else "false_alarm"
+            counts[key] += int((part & ~mask).sum())
+        truth, m = ndimage.label(mask, EIGHT)
+        for k in range(1, m + 1):
+            part = truth == k
+            key = "too_narrow" if (part & pred).any() else "missed"
+            counts[key] += int((part & ~pred).sum())
+    print(json.dumps({"weights": args.weights, "threshold": threshold, "pixels": counts}), flush=True)
+
+
+def _to_native(logits_grid: torch.Tensor, padded: tuple[int, int], scaled: tuple[int, int],
+               native: tuple[int, int]) -> torch.Tensor:
+    """As the network and irscan do: bilinear up to the padded input, crop, sigmoid, resize."""
+    up = F.interpolate(logits_grid, size=padded, mode="bilinear", align_corners=False)[..., : scaled[0], : scaled[1]]
+    return F.interpolate(torch.sigmoid(up), size=native, mode="bilinear", align_corners=False, antialias=True)
+
+
+def cmd_outline_ceiling(args: argparse.Namespace) -> None:
+    split = _split("val")
+    torch.manual_seed(0)
+    for scale in (float(x) for x in args.scales.split(",")):
+        averaged, fitted = ThresholdSweep((0.5,)), ThresholdSweep((0.5,))
+        for mask in split.masks:
+            h, w = mask.shape
+            scaled = (round(h * scale), round(w * scale))
+            padded = (-(-scaled[0] // 64) * 64, -(-scaled[1] // 64) * 64)
+            truth = torch.from_numpy(mask.astype(np.float32))[None, None]
+            big = F.pad(F.interpolate(truth, size=scaled, mode="bilinear", align_corners=False),
+                        (0, padded[1] - scaled[1], 0, padded[0] - scaled[0]))
+            share = F.avg_pool2d(big, 4).clamp(1e-4, 1 - 1e-4)
+            averaged.update(_to_native(torch.logit(share), padded, scaled, (h, w))[0, 0].numpy(), mask)
+            grid = torch.full_like(share, -4.0, requires_grad=True)
+            optimiser = torch.optim.Adam([grid], lr=0.3)
+            for _ in range(args.steps):
+                optimiser.zero_grad()
+                prob = _to_native(grid, padded, scaled, (h, w)).clamp(1e-6, 1 - 1e-6)
+                inter = (prob * truth).sum()
+                loss = F.binary_cross_entropy(prob, truth) + 1 - inter / (prob.sum() + truth.sum() - inter)
+                loss.backward()
+                optimiser.step()
+            with torch.no_grad():
+                fitted.update(_to_native(grid, padded, scaled, (h, w))[0, 0].numpy(), mask)
+        print(json.dumps({"input_scale": scale, "mask_averaged": _compact(averaged.results()[0.5]),
+                          "logits_fitted": _compact(fitted.results()[0.5])}), flush=True)
+
+
+def cmd_land_val(args: argparse.Namespace) -> None:
+    from mim_model.training.synthetic import land_validation_crops
+
+    crops = land_validation_crops(_split("val"), args.crops)
+    for path in args.weights:
+        meta = read_metadata(path)
+        threshold, scale = float(meta.get("threshold", 0.5)), float(meta.get("input_scale", 2.0))
+        probs = predict_probs(load_model(path), [img for img, _ in crops], device="cpu", amp=False,
+                              batch_size=4, scale=scale)
+        sweep = ThresholdSweep((threshold,))
+        for prob, (_, mask) in zip(probs, crops, strict=True):
+            sweep.update(prob, mask)
+        result = sweep.results()[threshold]
+        print(json.dumps({"weights": path, "threshold": threshold, **_compact(result),
+                          "n_targets": result["n_targets"], "n_matched": result["n_matched"]}), flush=True)
+
+
+def cmd_scene_recall(args: argparse.Namespace) -> None:
+    import geopandas as gpd
+    from click.testing import CliRunner
+
+    from pipeline.cli.main import cli
+    from tests.scene_builder import build_scene, load_target_chips
+
+    side_px, core_px = 4000, 384
+    work = Path(tempfile.mkdtemp(prefix="scene_recall_"))
+    scene = work / "s2_b12_mosaic.tif"
+    data = shared_data_dir()
+    truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", "test"), count=60,
+                        core_px=core_px, straddle=24, seed=11, nodata_band=(4 * core_px, side_px))
+    for index, path in enumerate(args.weights):
+        out = work / f"out{index}"
+        result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", "512", "--halo-px", "64",
+                                          "--batch-size", "4", "--weights", path])
+        if result.exit_code != 0:
+            sys.exit(f"bench_accuracy: scan with {path} failed: {result.output.strip()}")
+        frame = gpd.read_parquet(out / scene.stem / "detections.parquet")
+        rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
+        found = sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
+        print(json.dumps({"weights": path, "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
+                          "detections": len(frame)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("val")
+    p.add_argument("weights", nargs="+")
+    p.add_argument("--scales", default="2")
+    p.add_argument("--average", action="store_true")
+    p.set_defaults(run=cmd_val)
+    p = sub.add_parser("val-errors")
+    p.add_argument("weights", nargs="?", default=str(DEFAULT_WEIGHTS_PATH))
+    p.set_defaults(run=cmd_val_errors)
+    p = sub.add_parser("outline-ceiling")
+    p.add_argument("--scales", default="2,3")
+    p.add_argument("--steps", type=int, default=400)
+    p.set_defaults(run=cmd_outline_ceiling)
+    p = sub.add_parser("land-val")
+    p.add_argument("weights", nargs="+")
+    p.add_argument("--crops", type=int, default=64)
+    p.set_defaults(run=cmd_land_val)
+    p = sub.add_parser("scene-recall")
+    p.add_argument("weights", nargs="+")
+    p.set_defaults(run=cmd_scene_recall)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
