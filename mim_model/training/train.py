@@ -533,7 +533,6 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.layout).to(device)
     optimizer = _make_optimizer(model, cfg)
-    average: WeightAverage | None = None
     sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats)
     loader = torch.utils.data.DataLoader(
         TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale, synthetic=synthetic),
@@ -550,6 +549,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     loss_fn = make_loss(cfg.loss, cfg.bce_weight)
 
     start_epoch, global_step, best, elapsed_before = 0, 0, None, 0.0
+    resumed_average: dict[str, torch.Tensor] | None = None
     if resume and last_path.exists():
         ckpt = _load_checkpoint(last_path)
         old = ckpt["config"]
@@ -562,12 +562,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         if changed:
             log.warning("resuming %s with changed settings (old, new): %s", last_path, changed)
         model.load_state_dict(ckpt["model"])
-        if cfg.ema_decay > 0:
-            average = WeightAverage(model, cfg.ema_decay)
-            if ckpt.get("ema_model") is not None:
-                average.model.load_state_dict(ckpt["ema_model"])
-            else:
-                log.warning("%s holds no weight average: it starts from the resumed weights", last_path)
+        resumed_average = ckpt.get("ema_model")
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -584,8 +579,11 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             p.unlink(missing_ok=True)
         if cfg.init_weights is not None:
             _load_init_weights(model, cfg)
-        if cfg.ema_decay > 0:
-            average = WeightAverage(model, cfg.ema_decay)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if average is not None and resumed_average is not None:
+        average.model.load_state_dict(resumed_average)
+    elif average is not None and start_epoch > 0:
+        log.warning("%s holds no weight average: it starts from the resumed weights", last_path)
 
     log.info(
         "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s",
