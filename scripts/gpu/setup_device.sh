@@ -9,7 +9,7 @@
 #   .gpustage/part-N  one wheel part per call (../shared/gpu/stage-wheels.py); .gpu/stage-meta
 #                     holds its assemble.sh, SHA256SUMS and PARTS (the number of parts)
 #   .gpu/ckpt         a training run sent home by scripts/gpu/save_run.sh (run.sha256 and
-#                     the pieces of last.pt/best.pt, over one or more calls): resumed there
+#                     the pieces of run.tar, over one or more calls): resumed there
 # Everything lands under /root, which survives between commands while the machine is held:
 #   /root/site   mamba_ssm and the staged wheels (export PYTHONPATH=/root/site:$PWD)
 #   /root/data   data copied from the carried folders
@@ -50,22 +50,20 @@ if [ -f .gpu/stage-meta/PARTS ] && [ ! -f /root/site/.wheels-installed ]; then
     echo "wheel parts: $got of $(cat .gpu/stage-meta/PARTS) staged"
   fi
 fi
-# a training run sent home by scripts/gpu/save_run.sh: its pieces in .gpu/ckpt, maybe over
-# several calls; put together in /root/train/run (where start_training.sh resumes from)
+# a training run sent home by scripts/gpu/save_run.sh: the pieces of run.tar in .gpu/ckpt,
+# maybe over several calls; unpacked in /root/train/run (where start_training.sh resumes)
 if [ -f .gpu/ckpt/run.sha256 ] && [ ! -f /root/train/.run-restored ]; then
   mkdir -p /root/ckpt /root/train/run
   cp .gpu/ckpt/run.sha256 /root/ckpt/
-  for piece in .gpu/ckpt/*.piece-*; do
+  for piece in .gpu/ckpt/run.tar.piece-*; do
     [ -f "$piece" ] && [ ! -e "/root/ckpt/$(basename "$piece")" ] && cp "$piece" /root/ckpt/
   done
-  [ -f .gpu/ckpt/metrics.jsonl ] && cp .gpu/ckpt/metrics.jsonl /root/train/run/
-  if (cd /root/ckpt && for f in $(awk '{print $2}' run.sha256); do cat "$f".piece-* > "$f"; done \
-      && sha256sum --quiet -c run.sha256) 2>/dev/null; then
-    for f in $(awk '{print $2}' /root/ckpt/run.sha256); do mv "/root/ckpt/$f" /root/train/run/; done
+  if (cd /root/ckpt && cat run.tar.piece-* > run.tar && sha256sum --quiet -c run.sha256) >/dev/null 2>&1; then
+    tar -C /root/train/run -xf /root/ckpt/run.tar && rm /root/ckpt/run.tar
     touch /root/train/.run-restored
-    echo "training run restored to /root/train/run: $(awk '{print $2}' /root/ckpt/run.sha256 | tr '\n' ' ')"
+    echo "training run restored to /root/train/run: $(ls /root/train/run | tr '\n' ' ')"
   else
-    echo "training run pieces: $(ls /root/ckpt | grep -c piece) carried so far"
+    echo "training run: $(ls /root/ckpt | grep -c piece) pieces of run.tar carried so far"
   fi
 fi
 PYTHONPATH=/root/site python3 -c "import torch, selective_scan_cuda, mamba_ssm; print('mamba_ssm', mamba_ssm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
