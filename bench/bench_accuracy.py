@@ -95,8 +95,9 @@ def cmd_val(args: argparse.Namespace) -> None:
 
 def cmd_val_errors(args: argparse.Namespace) -> None:
     split = _split("val")
-    threshold = float(read_metadata(args.weights).get("threshold", 0.5))
-    probs = _probs(load_model(args.weights), split, float(read_metadata(args.weights).get("input_scale", 2.0)))
+    meta = read_metadata(args.weights)
+    threshold = float(meta.get("threshold", 0.5))
+    probs = _probs(load_model(args.weights), split, float(meta.get("input_scale", 2.0)))
     counts = dict(right=0, too_wide=0, false_alarm=0, too_narrow=0, missed=0)
     for prob, mask in zip(probs, split.masks, strict=True):
         pred, mask = prob > threshold, mask > 0
@@ -216,7 +217,6 @@ def main() -> None:
     p.add_argument("weights", nargs="+")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     args.run(args)
 
 
