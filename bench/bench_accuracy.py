@@ -38,11 +38,11 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mim_model.training.data import SirstSplit  # noqa: E402
-from mim_model.training.inference import predict_probs  # noqa: E402
-from mim_model.training.metrics import ThresholdSweep  # noqa: E402
-from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata  # noqa: E402
-from tests.scene_builder import shared_data_dir  # noqa: E402
+from mim_model.training.data import SirstSplit
+from mim_model.training.inference import predict_probs
+from mim_model.training.metrics import ThresholdSweep
+from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata
+from tests.scene_builder import shared_data_dir
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 EIGHT = np.ones((3, 3), bool)
@@ -98,7 +98,7 @@ def cmd_val_errors(args: argparse.Namespace) -> None:
     meta = read_metadata(args.weights)
     threshold = float(meta.get("threshold", 0.5))
     probs = _probs(load_model(args.weights), split, float(meta.get("input_scale", 2.0)))
-    counts = dict(right=0, too_wide=0, false_alarm=0, too_narrow=0, missed=0)
+    counts = {"right": 0, "too_wide": 0, "false_alarm": 0, "too_narrow": 0, "missed": 0}
     for prob, mask in zip(probs, split.masks, strict=True):
         pred, mask = prob > threshold, mask > 0
         counts["right"] += int((pred & mask).sum())

@@ -57,7 +57,7 @@ def _parcels(side_px: int, rng: np.random.Generator) -> tuple[npt.NDArray[np.int
     labels = np.zeros((side_px, side_px), np.int32)
     boxes = [(0, 0, side_px, side_px)]
     count = 0
-    min_px = int(round(float(np.exp(rng.uniform(np.log(6.0), np.log(40.0))))))
+    min_px = round(float(np.exp(rng.uniform(np.log(6.0), np.log(40.0)))))
     while boxes:
         r0, c0, r1, c1 = boxes.pop()
         h, w = r1 - r0, c1 - c0
