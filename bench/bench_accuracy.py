@@ -39,9 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mim_model.training.data import SirstSplit
-from mim_model.training.inference import predict_probs
+from mim_model.training.inference import (
+    predict_probs,
+    weights_input_scale,
+    weights_threshold,
+)
 from mim_model.training.metrics import ThresholdSweep
-from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata
+from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model
 from tests.scene_builder import shared_data_dir
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
@@ -95,9 +99,9 @@ def cmd_val(args: argparse.Namespace) -> None:
 
 def cmd_val_errors(args: argparse.Namespace) -> None:
     split = _split("val")
-    meta = read_metadata(args.weights)
-    threshold = float(meta.get("threshold", 0.5))
-    probs = _probs(load_model(args.weights), split, float(meta.get("input_scale", 2.0)))
+    model = load_model(args.weights)
+    threshold = weights_threshold(model)
+    probs = _probs(model, split, weights_input_scale(model))
     counts = {"right": 0, "too_wide": 0, "false_alarm": 0, "too_narrow": 0, "missed": 0}
     for prob, mask in zip(probs, split.masks, strict=True):
         pred, mask = prob > threshold, mask > 0
@@ -156,10 +160,10 @@ def cmd_land_val(args: argparse.Namespace) -> None:
 
     crops = land_validation_crops(_split("val"), args.crops)
     for path in args.weights:
-        meta = read_metadata(path)
-        threshold, scale = float(meta.get("threshold", 0.5)), float(meta.get("input_scale", 2.0))
-        probs = predict_probs(load_model(path), [img for img, _ in crops], device="cpu", amp=False,
-                              batch_size=4, scale=scale)
+        model = load_model(path)
+        threshold = weights_threshold(model)
+        probs = predict_probs(model, [img for img, _ in crops], device="cpu", amp=False,
+                              batch_size=4, scale=weights_input_scale(model))
         sweep = ThresholdSweep((threshold,))
         for prob, (_, mask) in zip(probs, crops, strict=True):
             sweep.update(prob, mask)
