@@ -30,7 +30,11 @@ Recipe (ours; the paper's is not public, spec section 4)
   (and a copy of the norm statistics) is kept beside the trained model, updated after
   every step; it is what is evaluated, chosen and saved in ``best.pt``. The raw weights
   wander with each batch of a small data set (val IoU moved by +-0.02 between evaluations
-  four epochs apart in run 3); their average does not.
+  four epochs apart in run 3); their average does not. With ``ema_warmup`` (default) the
+  decay of step t is ``min(ema_decay, (1 + t) / (10 + t))``, so that a run from scratch
+  does not carry its random initial weights for thousands of steps (without it, run 6's
+  average at decay 0.999 still held 0.999**1600 = 20 % of them at epoch 100, and scored
+  val IoU 0).
 * Model selection: every ``eval_every`` epochs the model is run on the **val** split at
   native resolution (zero-padded to a square multiple of 64, cropped back); thresholds
   ``eval_thresholds`` on the probability are swept and the best val IoU picks both the
@@ -187,6 +191,10 @@ class TrainConfig:
     ema_decay : float
         Per-step decay of the weight average that is evaluated and saved (0: off, the raw
         weights are used; 0.998 averages over about 500 steps).
+    ema_warmup : bool
+        Use the decay ``min(ema_decay, (1 + t) / (10 + t))`` at step t (counted from the
+        run's start, resumes included), so that the average forgets the initial weights
+        quickly; off: ``ema_decay`` from the first step.
     """
 
     data_dir: str
@@ -224,6 +232,7 @@ class TrainConfig:
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     land_val_crops: int = 0
     ema_decay: float = 0.0
+    ema_warmup: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> TrainError:
@@ -461,17 +470,23 @@ def _score_land_val(
 
 class WeightAverage:
     """Exponential moving average of a model's parameters; buffers (norm statistics) are
-    copied from the model at each update. ``model`` is the averaged copy, in eval mode."""
+    copied from the model at each update. ``model`` is the averaged copy, in eval mode.
+    With ``warmup`` the decay of step t is ``min(decay, (1 + t) / (10 + t))``."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, *, warmup: bool = False) -> None:
         self.decay = decay
+        self.warmup = warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        """The decay used for the update after step ``step`` (0-based)."""
+        return min(self.decay, (1.0 + step) / (10.0 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average ``1 - decay`` of the way towards ``model``'s current weights."""
+    def update(self, model: nn.Module, step: int = 0) -> None:
+        """Move the average ``1 - decay_at(step)`` of the way towards ``model``'s weights."""
         averaged = list(self.model.parameters())
-        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1.0 - self.decay_at(step))
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
 
@@ -579,7 +594,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             p.unlink(missing_ok=True)
         if cfg.init_weights is not None:
             _load_init_weights(model, cfg)
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    average = WeightAverage(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
     if average is not None and resumed_average is not None:
         average.model.load_state_dict(resumed_average)
     elif average is not None and start_epoch > 0:
@@ -630,7 +645,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             optimizer.step()
             scheduler.step()
             if average is not None:
-                average.update(model)
+                average.update(model, global_step)
             global_step += 1
             n_steps += 1
             loss_sum += loss.detach()  # no host sync per step: the CPU runs ahead of the GPU
@@ -787,7 +802,8 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule"
            + (", any input scale)." if cfg.get("init_any_scale") else ").")]
           if cfg.get("init_weights") else []),
-        *([f"- Weights: a moving average of the trained weights (decay {cfg['ema_decay']} per step)."]
+        *([f"- Weights: a moving average of the trained weights (decay {cfg['ema_decay']} per step"
+           + (", lower in the first steps: min(decay, (1 + t) / (10 + t)))." if cfg.get("ema_warmup") else ").")]
           if cfg.get("ema_decay") else []),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
         "",

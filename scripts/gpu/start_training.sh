@@ -15,7 +15,8 @@
 # Add --land-val-crops 64 to log a land score at each evaluation, --ema-decay 0.998 to choose
 # among moving averages of the weights. A run longer than one machine's lease: before the
 # lease ends, bash scripts/gpu/save_run.sh sends it home (copy $OUT's files to .gpu/ckpt/);
-# on the next machine setup_device.sh restores it and the same command resumes it. Before the wheels are staged
+# on the next machine setup_device.sh restores it and the same command resumes it. NO_EXPORT=1
+# skips the export (and its test report) for a part of a run that will be resumed. Before the wheels are staged
 # there is no rasterio on the machine: backgrounds PIL cannot read (float64 TIFFs) fail then.
 set -euo pipefail
 minutes=${1:?minutes}; shift
@@ -23,7 +24,9 @@ mkdir -p /root/train
 export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1
 rm -rf /root/train/code && cp -r "$PWD" /root/train/code   # the checkout may be replaced by the next call
 cd /root/train/code
+export_args=(--export /root/train/export/mim_sirst.safetensors --report-split test)
+[ "${NO_EXPORT:-0}" = 1 ] && export_args=()
 setsid nohup python3 -c 'from pipeline.cli.main import cli; cli()' -v train /root/data/sirst --out /root/train/run \
-  --time-budget-min "$minutes" --export /root/train/export/mim_sirst.safetensors --report-split test "$@" \
+  --time-budget-min "$minutes" "${export_args[@]}" "$@" \
   >/root/train/train.log 2>&1 < /dev/null &
 echo "training started (pid $!), budget $minutes min"

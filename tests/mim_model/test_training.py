@@ -302,6 +302,25 @@ def test_weight_average_moves_by_one_minus_decay_and_copies_buffers() -> None:
         TrainConfig(data_dir="d", out_dir="o", ema_decay=1.0)
 
 
+def test_weight_average_warmup_forgets_the_initial_weights() -> None:
+    from mim_model.training.train import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    average = WeightAverage(model, decay=0.999, warmup=True)
+    assert average.decay_at(0) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert average.decay_at(90) == pytest.approx(0.91)
+    assert average.decay_at(20_000) == 0.999  # capped at the configured decay
+    assert WeightAverage(model, decay=0.999).decay_at(0) == 0.999  # without warm-up
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(10.0)
+    average.update(model, step=0)
+    for mine, before in zip(average.model.parameters(), start, strict=True):
+        torch.testing.assert_close(mine, before + 9.0)  # 0.1 * w + 0.9 * (w + 10)
+    assert TrainConfig(data_dir="d", out_dir="o").ema_warmup
+
+
 @needs_sirst
 def test_weight_average_is_what_is_chosen_and_survives_resume(tiny_sirst: Path, tmp_path: Path) -> None:
     straight = train(_config(tiny_sirst, tmp_path / "a", ema_decay=0.5))
@@ -320,4 +339,5 @@ def test_weight_average_is_what_is_chosen_and_survives_resume(tiny_sirst: Path, 
     for name, value in last["ema_model"].items():
         torch.testing.assert_close(resumed["ema_model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     card = export(tmp_path / "a" / "best.pt", tmp_path / "w" / "ema.safetensors")["card"]
-    assert "a moving average of the trained weights (decay 0.5 per step)" in Path(card).read_text()
+    assert ("a moving average of the trained weights (decay 0.5 per step, lower in the first steps: "
+            "min(decay, (1 + t) / (10 + t)))." in Path(card).read_text())
