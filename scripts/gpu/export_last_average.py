@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mim_model.training.train import export  # noqa: E402
+from mim_model.training.train import export
 
 
 def main() -> None:
