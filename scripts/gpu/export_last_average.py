@@ -4,9 +4,11 @@
 
 ``irscan train --export`` writes ``best.pt`` (the evaluation with the highest val IoU). For
 comparisons on other data (land validation, the scan accuracy scene) this writes the
-weight average held in ``RUN_DIR/last.pt`` (``--ema-decay``) with the threshold chosen on
-val at the last evaluation, through the same :func:`mim_model.training.train.export`
-(float16 safetensors, no card). It chooses nothing on test data.
+weight average held in ``RUN_DIR/last.pt`` (``--ema-decay``) with the threshold and val
+metrics of the last evaluation (when the run stopped between evaluations, the average
+has moved on since: the metadata's ``epoch`` is last.pt's), through the same
+:func:`mim_model.training.train.export` (float16 safetensors, no card). It chooses nothing
+on test data.
 """
 
 from __future__ import annotations
