@@ -13,11 +13,17 @@
 #     --synthetic-background $G/landsat8_LC80200392015216LGN00_crop/l8_B10.tif \
 #     --synthetic-background $G/landsat5_LT52240631988227CUB02_crop/LT52240631988227CUB02_B6.TIF
 # Add --land-val-crops 64 to log a land score at each evaluation, --ema-decay 0.998 to choose
-# among moving averages of the weights. A run longer than one machine's lease: before the
-# lease ends, bash scripts/gpu/save_run.sh sends it home (copy $OUT's files to .gpu/ckpt/);
-# on the next machine setup_device.sh restores it and the same command resumes it. NO_EXPORT=1
-# skips the export (and its test report) for a part of a run that will be resumed. Before the wheels are staged
-# there is no rasterio on the machine: backgrounds PIL cannot read (float64 TIFFs) fail then.
+# among moving averages of the weights. A run longer than one machine's lease: once its
+# budget has stopped it, bash scripts/gpu/save_run.sh sends it home in two calls (4 pieces a
+# call; copy $OUT's files to .gpu/ckpt/); on the next machine setup_device.sh restores it and
+# the same command resumes it. NO_EXPORT=1 skips the export (and its test report) for a part
+# of a run that will be resumed. Run 6 (docs/benchmarks.md), from scratch, resumed so:
+#   NO_EXPORT=1 bash scripts/gpu/start_training.sh 23 --crop-px 512 --batch-size 16 --lr 2e-3 \
+#     --warmup-epochs 10 --epochs 800 --eval-every 10 --num-workers 14 --ema-decay 0.999 \
+#     --no-ema-warmup --p-synthetic 0.35 --p-clutter 0.6 --land-val-crops 64 \
+#     --synthetic-background ... --synthetic-background ...      (the two above)
+# Before the wheels are staged there is no rasterio on the machine: backgrounds PIL cannot
+# read (float64 TIFFs) fail then.
 set -euo pipefail
 minutes=${1:?minutes}; shift
 mkdir -p /root/train
