@@ -59,7 +59,8 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--ema-decay", type=float,
               help="Evaluate and save a moving average of the weights with this per-step decay (0: off). [0]")
 @click.option("--ema-warmup/--no-ema-warmup", default=None,
-              help="Lower the average's decay in the first steps to (1 + t) / (10 + t). [on]")
+              help="Lower the average's decay in the first steps to (1 + t) / (10 + t), so that it forgets "
+                   "the initial weights (off: it stays near --init-weights at first). [on]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--init-any-scale", is_flag=True, default=None,
               help="Accept --init-weights trained at another --input-scale (to move weights to a finer scale).")
