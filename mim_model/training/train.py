@@ -483,7 +483,7 @@ class WeightAverage:
         return min(self.decay, (1.0 + step) / (10.0 + step)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int = 0) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
         """Move the average ``1 - decay_at(step)`` of the way towards ``model``'s weights."""
         averaged = list(self.model.parameters())
         torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1.0 - self.decay_at(step))

@@ -292,7 +292,7 @@ def test_weight_average_moves_by_one_minus_decay_and_copies_buffers() -> None:
         for p in model.parameters():
             p.add_(4.0)
         model[1].running_mean.fill_(2.5)
-    average.update(model)
+    average.update(model, 0)
     for mine, before in zip(average.model.parameters(), start, strict=True):
         torch.testing.assert_close(mine, before + 1.0)  # 0.75 * w + 0.25 * (w + 4)
         assert not mine.requires_grad
