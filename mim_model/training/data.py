@@ -410,12 +410,24 @@ class EpochSampler(torch.utils.data.Sampler):
 
     Everything is derived from ``(seed, epoch)``, so a resumed run draws the same crops
     as an uninterrupted one. Call :meth:`set_epoch` before iterating.
+
+    Data-parallel training (``world`` processes, ``rank`` this one): the epoch's items are
+    cut into global batches of ``batch_size`` (a trailing partial batch is dropped) and
+    each process gets its ``batch_size / world`` consecutive items of every batch, so that
+    the processes together see at each step the crops one process would.
     """
 
-    def __init__(self, n: int, *, seed: int, repeats: int = 1) -> None:
+    def __init__(
+        self, n: int, *, seed: int, repeats: int = 1, rank: int = 0, world: int = 1, batch_size: int | None = None
+    ) -> None:
+        if world > 1 and (batch_size is None or batch_size % world):
+            raise ValueError(f"EpochSampler batch_size: expected a multiple of the {world} processes, got {batch_size}")
         self.n = n
         self.seed = seed
         self.repeats = repeats
+        self.rank = rank
+        self.world = world
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -423,13 +435,23 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n * self.repeats
+        if self.world == 1:
+            return self.n * self.repeats
+        return (self.n * self.repeats // self.batch_size) * (self.batch_size // self.world)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = np.concatenate([rng.permutation(self.n) for _ in range(self.repeats)])
         seeds = rng.integers(0, 2**62, size=len(order))
-        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+        items = list(zip(order.tolist(), seeds.tolist(), strict=True))
+        if self.world == 1:
+            return iter(items)
+        share = self.batch_size // self.world
+        steps = len(items) // self.batch_size
+        mine = [
+            items[step * self.batch_size + self.rank * share + k] for step in range(steps) for k in range(share)
+        ]
+        return iter(mine)
 
 
 def split_summary(split: SirstSplit) -> dict[str, int]:

@@ -77,6 +77,7 @@ import torch
 from torch import nn
 
 from mim_model.errors import MiMError, WeightsError
+from mim_model.training import distributed
 from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, split_summary
 from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
@@ -529,6 +530,18 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     cfg = config
     budget_s = cfg.time_budget_min * 60.0 if cfg.time_budget_min is not None else math.inf
     device = resolve_device(cfg.device)
+    workers = distributed.from_env()
+    if workers.parallel:
+        if cfg.batch_size % workers.world:
+            raise TrainError(
+                f"train config batch_size: expected a multiple of the {workers.world} training processes, "
+                f"got {cfg.batch_size}"
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", workers.local_rank)
+        distributed.start(workers, device)
+        if not workers.main:
+            log.setLevel(logging.WARNING)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out_dir / LAST, out_dir / BEST, out_dir / METRICS
@@ -547,11 +560,14 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.layout).to(device)
+    if workers.parallel and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state-dict keys
     optimizer = _make_optimizer(model, cfg)
-    sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats)
+    sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats,
+                           rank=workers.rank, world=workers.world, batch_size=cfg.batch_size)
     loader = torch.utils.data.DataLoader(
         TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale, synthetic=synthetic),
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size // workers.world,
         sampler=sampler,
         drop_last=True,
         num_workers=cfg.num_workers,
@@ -582,16 +598,19 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
         if device.type == "cuda" and ckpt.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            for index, state in enumerate(ckpt["cuda_rng"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, index)
         start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         best, elapsed_before = ckpt.get("best"), float(ckpt.get("elapsed_s", 0.0))
         log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, global_step)
     else:
         if last_path.exists():
             log.warning("not resuming: starting afresh in %s, overwriting its checkpoints", out_dir)
-        metrics_path.write_text("")
-        for p in (last_path, best_path):
-            p.unlink(missing_ok=True)
+        workers.barrier()  # every process has looked at last.pt before process 0 removes it
+        if workers.main:
+            metrics_path.write_text("")
+            for p in (last_path, best_path):
+                p.unlink(missing_ok=True)
         if cfg.init_weights is not None:
             _load_init_weights(model, cfg)
     average = WeightAverage(model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
@@ -600,10 +619,19 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     elif average is not None and start_epoch > 0:
         log.warning("%s holds no weight average: it starts from the resumed weights", last_path)
 
+    trained = (
+        # find_unused_parameters: the backbone's final norm (kept for the official weights' keys) is unused
+        nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+        if workers.parallel
+        else model
+    )
     log.info(
-        "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s",
+        "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s%s",
         cfg.layout, cfg.data_dir, len(train_split), split_summary(train_split), len(val_split),
         steps_per_epoch, start_epoch + 1, cfg.epochs, device,
+        f" x {workers.world} processes" if workers.parallel else "",
     )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -620,23 +648,24 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         expected = (max(epoch_times[-5:]) if epoch_times else 0.0) + (
             max(eval_times[-3:]) if eval_due and eval_times else 0.0
         )
-        if spent + 1.1 * expected + 5.0 > budget_s:
+        if workers.agree(spent + 1.1 * expected + 5.0 > budget_s, device):  # process 0's clock decides
             stopped_by_budget = True
             break
         if max_epochs_this_run is not None and epoch - start_epoch >= max_epochs_this_run:
             break
         t_epoch = time.monotonic()
-        model.train()
+        trained.train()
         sampler.set_epoch(epoch)
         loss_sum, n_steps, aborted = torch.zeros((), device=device), 0, False
         for image01, mask in _progress(loader, epoch, cfg.epochs):
-            if time.monotonic() - t_start > budget_s:
+            # one process alone may not leave an epoch: the others would wait for it
+            if not workers.parallel and time.monotonic() - t_start > budget_s:
                 aborted = True
                 break
             image01 = image01.to(device, non_blocking=True)
             mask = mask.to(device, non_blocking=True)
             with autocast_for(device, cfg.amp):
-                logits = model(to_model_input(image01))
+                logits = trained(to_model_input(image01))
             loss = loss_fn(logits, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -653,7 +682,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             log.warning("time budget reached during epoch %d: abandoned it, %s holds epoch %d", epoch + 1, last_path, epoch)
             stopped_by_budget = True
             break
-        mean_loss = loss_sum.item() / max(1, n_steps)
+        mean_loss = workers.mean(loss_sum).item() / max(1, n_steps)
         if not math.isfinite(mean_loss):
             raise TrainError(
                 f"loss: expected finite values, got {mean_loss} in epoch {epoch + 1}; {last_path} holds epoch {epoch} "
@@ -668,58 +697,61 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             "train_s": round(epoch_times[-1], 3),
             "val": None,
         }
-        if eval_due:
-            t_eval = time.monotonic()
-            chosen = average.model if average is not None else model
-            sweep = evaluate_split(
-                chosen, val_split, device=device, thresholds=cfg.eval_thresholds, amp=cfg.amp,
-                batch_size=cfg.eval_batch_size, scale=cfg.input_scale,
-            )
-            threshold, metrics = sweep.best("iou")
-            at_half = sweep.results().get(0.5)
-            eval_times.append(time.monotonic() - t_eval)
-            record["val"] = {"threshold": threshold, **_compact(metrics)}
-            if at_half is not None:
-                record["val_at_0.5"] = _compact(at_half)
-            if land_val:
-                record["land_val"] = _score_land_val(chosen, land_val, cfg, device, threshold)
-            record["val_s"] = round(eval_times[-1], 3)
-            if best is None or metrics["iou"] > best["val"]["iou"]:
-                best = {"epoch": epoch + 1, "threshold": threshold, "val": _compact(metrics)}
-                _atomic_save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "model": chosen.state_dict(),
-                        "epoch": epoch + 1,
-                        "threshold": threshold,
-                        "val": _compact(metrics),
-                        "config": cfg.to_dict(),
-                    },
-                    best_path,
+        if workers.main:  # the others wait: evaluation and files are process 0's
+            if eval_due:
+                t_eval = time.monotonic()
+                chosen = average.model if average is not None else model
+                sweep = evaluate_split(
+                    chosen, val_split, device=device, thresholds=cfg.eval_thresholds, amp=cfg.amp,
+                    batch_size=cfg.eval_batch_size, scale=cfg.input_scale,
                 )
-        record["seconds"] = round(elapsed_before + time.monotonic() - t_start, 3)
-        _atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "ema_model": average.model.state_dict() if average is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                "best": best,
-                "config": cfg.to_dict(),
-                "elapsed_s": elapsed_before + time.monotonic() - t_start,
-            },
-            last_path,
-        )
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+                threshold, metrics = sweep.best("iou")
+                at_half = sweep.results().get(0.5)
+                eval_times.append(time.monotonic() - t_eval)
+                record["val"] = {"threshold": threshold, **_compact(metrics)}
+                if at_half is not None:
+                    record["val_at_0.5"] = _compact(at_half)
+                if land_val:
+                    record["land_val"] = _score_land_val(chosen, land_val, cfg, device, threshold)
+                record["val_s"] = round(eval_times[-1], 3)
+                if best is None or metrics["iou"] > best["val"]["iou"]:
+                    best = {"epoch": epoch + 1, "threshold": threshold, "val": _compact(metrics)}
+                    _atomic_save(
+                        {
+                            "format": CHECKPOINT_FORMAT,
+                            "model": chosen.state_dict(),
+                            "epoch": epoch + 1,
+                            "threshold": threshold,
+                            "val": _compact(metrics),
+                            "config": cfg.to_dict(),
+                        },
+                        best_path,
+                    )
+            record["seconds"] = round(elapsed_before + time.monotonic() - t_start, 3)
+            _atomic_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "model": model.state_dict(),
+                    "ema_model": average.model.state_dict() if average is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "global_step": global_step,
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "best": best,
+                    "config": cfg.to_dict(),
+                    "elapsed_s": elapsed_before + time.monotonic() - t_start,
+                },
+                last_path,
+            )
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            _log_epoch(record, cfg.epochs, best)
+        workers.barrier()
         epochs_done = epoch + 1
-        _log_epoch(record, cfg.epochs, best)
 
+    distributed.stop(workers)
     if stopped_by_budget:
         log.warning(
             "time budget of %.1f min reached after epoch %d of %d: run the same command again to resume",

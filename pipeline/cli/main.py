@@ -49,3 +49,7 @@ def cli(verbose: int, quiet: bool) -> None:
     """irscan: find small infrared targets in large georeferenced scenes."""
     level = logging.WARNING if quiet or verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+if __name__ == "__main__":  # python -m pipeline.cli.main (torchrun -m for data-parallel training)
+    cli()

@@ -4,6 +4,9 @@ Parses options and calls :func:`mim_model.training.train.train` (and ``export``)
 left out take :class:`~mim_model.training.train.TrainConfig`'s defaults. Progress is
 logged per epoch (INFO) unless ``irscan -q``; ``RUN_DIR/metrics.jsonl`` has one JSON line
 per epoch. The command prints a JSON summary.
+
+Several GPUs: ``torchrun --standalone --nproc_per_node N -m pipeline.cli.main -v train ...``
+trains data-parallel (:mod:`mim_model.training.distributed`); process 0 reports and exports.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)
+        from mim_model.training.distributed import from_env
+
+        if not from_env().main:  # one of several torchrun processes: process 0 reports and exports
+            return
     if export_path is not None:
         if export_only or (out_dir / "best.pt").is_file():
             summary["export"] = export(out_dir / "best.pt", export_path, report_split=report_split,

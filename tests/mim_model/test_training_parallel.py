@@ -1,0 +1,75 @@
+"""Data-parallel training (torchrun, several processes; here gloo on CPU).
+
+The sampler's sharding is checked exactly (the processes together see at each step the
+crops one process would); a real two-process run on SIRST crops trains, evaluates and
+writes once, resumes, and refuses a batch it cannot split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mim_model.training.data import EpochSampler
+from tests.mim_model.test_training import tiny_sirst  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sampler_shards_give_each_step_the_single_process_batch() -> None:
+    n, batch, world = 13, 4, 2  # 13 items: 3 whole batches, the 13th item dropped
+    single = list(EpochSampler(n, seed=7, repeats=2))
+    shards = [EpochSampler(n, seed=7, repeats=2, rank=r, world=world, batch_size=batch) for r in range(world)]
+    for shard in shards:
+        shard.set_epoch(0)
+    per_rank = [list(s) for s in shards]
+    assert all(len(items) == len(s) == (2 * n // batch) * (batch // world) for items, s in zip(per_rank, shards, strict=True))
+    share = batch // world
+    for step in range(2 * n // batch):
+        together = [item for items in per_rank for item in items[step * share : (step + 1) * share]]
+        assert together == single[step * batch : (step + 1) * batch]
+    shards[0].set_epoch(1)
+    assert list(shards[0]) != per_rank[0]  # a fresh order each epoch
+    with pytest.raises(ValueError, match="batch_size: expected a multiple of the 2 processes, got 3"):
+        EpochSampler(n, seed=7, rank=0, world=2, batch_size=3)
+
+
+def _torchrun(data: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "pipeline.cli.main", "-v", "train", str(data), "--out", str(out), "--crop-px", "64",
+        "--num-workers", "0", "--eval-every", "2", "--device", "cpu", "--warmup-epochs", "0.5", *options,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_two_processes_train_write_once_and_resume(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "run"
+    first = _torchrun(tiny_sirst, out, "--batch-size", "4", "--epochs", "2", "--ema-decay", "0.5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count('"epochs_done"') == 1  # process 0 alone reports
+    assert "device cpu x 2 processes" in first.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]  # one line per epoch, not one per process
+    assert records[1]["val"] is not None and (out / "best.pt").is_file()
+
+    second = _torchrun(tiny_sirst, out, "--batch-size", "4", "--epochs", "3", "--ema-decay", "0.5")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and last["global_step"] == 3  # 4 crops a step: one step per epoch
+
+    odd = _torchrun(tiny_sirst, tmp_path / "odd", "--batch-size", "3", "--epochs", "1")
+    assert odd.returncode != 0
+    assert "irscan: error: train config batch_size: expected a multiple of the 2 training processes, got 3" in odd.stderr
