@@ -8,6 +8,7 @@ data        SIRST-layout datasets: split files, loading, augmentation.
 loss        SoftIoU (and SoftIoU + BCE).
 inference   padding to a multiple of 64, tiling of big images, probabilities.
 train       ``TrainConfig``, ``train`` (checkpoints, resume, time budget), ``export``.
+distributed data-parallel training over torchrun processes (one per GPU).
 evaluate    ``evaluate`` a weights file on a split.
 predict     ``predict`` masks for image files.
 

@@ -17,7 +17,9 @@
 # budget has stopped it, bash scripts/gpu/save_run.sh sends it home in two calls (4 pieces a
 # call; copy $OUT's files to .gpu/ckpt/); on the next machine setup_device.sh restores it and
 # the same command resumes it. NO_EXPORT=1 skips the export (and its test report) for a part
-# of a run that will be resumed. Run 6 (docs/benchmarks.md), from scratch, resumed so:
+# of a run that will be resumed. NPROC=4 trains on 4 GPUs of one machine (torchrun; the same
+# recipe: --batch-size is the crops of one step over all GPUs; --num-workers is per GPU).
+# Run 6 (docs/benchmarks.md), from scratch, resumed so:
 #   NO_EXPORT=1 bash scripts/gpu/start_training.sh 23 --crop-px 512 --batch-size 16 --lr 2e-3 \
 #     --warmup-epochs 10 --epochs 800 --eval-every 10 --num-workers 14 --ema-decay 0.999 \
 #     --no-ema-warmup --p-synthetic 0.35 --p-clutter 0.6 --land-val-crops 64 \
@@ -32,7 +34,11 @@ rm -rf /root/train/code && cp -r "$PWD" /root/train/code   # the checkout may be
 cd /root/train/code
 export_args=(--export /root/train/export/mim_sirst.safetensors --report-split test)
 [ "${NO_EXPORT:-0}" = 1 ] && export_args=()
-setsid nohup python3 -c 'from pipeline.cli.main import cli; cli()' -v train /root/data/sirst --out /root/train/run \
+launcher=(python3 -m pipeline.cli.main)
+if [ "${NPROC:-1}" -gt 1 ]; then  # data-parallel over NPROC GPUs: --batch-size is split over them
+  launcher=(python3 -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m pipeline.cli.main)
+fi
+setsid nohup "${launcher[@]}" -v train /root/data/sirst --out /root/train/run \
   --time-budget-min "$minutes" "${export_args[@]}" "$@" \
   >/root/train/train.log 2>&1 < /dev/null &
 echo "training started (pid $!), budget $minutes min"
