@@ -15,8 +15,9 @@ from mim_model.training.synthetic import (
 )
 from mim_model.training.train import TrainError
 
+from .sirst_crops import needs_sirst
 from .test_synthetic import _square_chip
-from .test_training import _config, needs_sirst, tiny_sirst  # noqa: F401  (fixture)
+from .test_training import _config
 
 
 def test_clutter_is_a_structured_image_in_the_unit_range_and_a_function_of_the_seed() -> None:
@@ -83,7 +84,7 @@ def test_synthetic_crops_on_clutter_need_no_raster() -> None:
 
 
 @needs_sirst
-def test_train_config_accepts_clutter_without_rasters(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_train_config_accepts_clutter_without_rasters(tiny_sirst: Path, tmp_path: Path) -> None:
     from mim_model.training.data import SirstSplit
 
     only_clutter = SyntheticSpec(p_synthetic=0.5, p_clutter=1.0)
@@ -97,7 +98,7 @@ def test_train_config_accepts_clutter_without_rasters(tiny_sirst: Path, tmp_path
 
 
 @needs_sirst
-def test_land_validation_crops_are_fixed_and_logged_at_each_evaluation(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_land_validation_crops_are_fixed_and_logged_at_each_evaluation(tiny_sirst: Path, tmp_path: Path) -> None:
     import json
 
     from mim_model.training.data import SirstSplit

@@ -21,7 +21,8 @@ from mim_model.training.synthetic import (
 )
 from mim_model.training.train import TrainConfig, TrainError, export, train
 
-from .test_training import SIRST, _config, needs_sirst, tiny_sirst  # noqa: F401  (fixture)
+from .sirst_crops import SIRST, needs_sirst
+from .test_training import _config
 
 GEO = SIRST.parent / "geo-ir-samples"
 L8_B10 = GEO / "landsat8_LC80200392015216LGN00_crop" / "l8_B10.tif"
@@ -75,7 +76,7 @@ def test_load_background_stretches_a_real_landsat_band(tmp_path: Path) -> None:
 
 
 @needs_sirst
-def test_chips_come_from_the_split_masks(tiny_sirst: Path) -> None:  # noqa: F811
+def test_chips_come_from_the_split_masks(tiny_sirst: Path) -> None:
     split = SirstSplit.load(tiny_sirst, "train")
     chips = extract_chips(split)
     assert 4 <= len(chips) and all(c.mask.any() for c in chips)
@@ -87,7 +88,7 @@ def test_chips_come_from_the_split_masks(tiny_sirst: Path) -> None:  # noqa: F81
 
 @needs_sirst
 @needs_geo
-def test_train_crops_mix_synthetic_samples_and_training_runs(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_train_crops_mix_synthetic_samples_and_training_runs(tiny_sirst: Path, tmp_path: Path) -> None:
     split = SirstSplit.load(tiny_sirst, "train")
     spec = SyntheticSpec(p_synthetic=0.5)
     source = SyntheticSource.build([str(L8_B10)], split, spec)

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from mim_model.training.data import EpochSampler
-from tests.mim_model.test_training import tiny_sirst  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +51,7 @@ def _torchrun(data: Path, out: Path, *options: str) -> subprocess.CompletedProce
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs torch.distributed with gloo")
-def test_two_processes_train_write_once_and_resume(tiny_sirst: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_processes_train_write_once_and_resume(tiny_sirst: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = _torchrun(tiny_sirst, out, "--batch-size", "4", "--epochs", "2", "--ema-decay", "0.5")
     assert first.returncode == 0, first.stderr[-3000:]
