@@ -5,10 +5,10 @@ copies of ``irscan train``; torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_R
 :func:`start` joins them into one process group (NCCL on CUDA, gloo on CPU). The recipe
 does not change with N: ``batch_size`` stays the crops of one optimiser step, split evenly
 over the processes, and every step sees the same crops as a single process would (see
-:class:`mim_model.training.data.EpochSampler`). Differences from one process: each process
-takes the loss of its share of the batch (the gradients are averaged), and on CUDA batch
-norm statistics are synchronised over the processes. Process 0 evaluates, logs and writes
-every file; the others wait for it.
+:class:`mim_model.training.data.EpochSampler`). The SoftIoU's sums run over the whole batch
+(:meth:`Workers.sum_with_gradient`) and on CUDA batch norm statistics are synchronised, so a
+step computes what one process would, up to the order of floating-point sums. Process 0
+evaluates, logs and writes every file; the others wait for it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,20 @@ class Workers:
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.broadcast(value, src=0)
         return bool(value.item())
+
+    def sum_with_gradient(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a tensor over the processes, differentiable.
+
+        Every process then computes the same loss from the sums; the backward pass sums the
+        processes' gradients of those sums, which the averaging of the parameter gradients
+        (DistributedDataParallel) divides back: the result is the gradient one process would
+        get for the whole batch.
+        """
+        if not self.parallel:
+            return value
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(value, op=dist.ReduceOp.SUM)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean of a tensor over the processes."""

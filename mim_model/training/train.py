@@ -577,7 +577,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     )
     steps_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
-    loss_fn = make_loss(cfg.loss, cfg.bce_weight)
+    loss_fn = make_loss(cfg.loss, cfg.bce_weight, reduce_sums=workers.sum_with_gradient if workers.parallel else None)
 
     start_epoch, global_step, best, elapsed_before = 0, 0, None, 0.0
     resumed_average: dict[str, torch.Tensor] | None = None

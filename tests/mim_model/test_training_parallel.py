@@ -1,8 +1,9 @@
 """Data-parallel training (torchrun, several processes; here gloo on CPU).
 
 The sampler's sharding is checked exactly (the processes together see at each step the
-crops one process would); a real two-process run on SIRST crops trains, evaluates and
-writes once, resumes, and refuses a batch it cannot split.
+crops one process would), and so is the sharded loss's gradient (after the averaging of
+DistributedDataParallel it is the whole batch's); a real two-process run on SIRST crops
+trains, evaluates and writes once, resumes, and refuses a batch it cannot split.
 """
 
 from __future__ import annotations
@@ -37,6 +38,56 @@ def test_sampler_shards_give_each_step_the_single_process_batch() -> None:
     assert list(shards[0]) != per_rank[0]  # a fresh order each epoch
     with pytest.raises(ValueError, match="batch_size: expected a multiple of the 2 processes, got 3"):
         EpochSampler(n, seed=7, rank=0, world=2, batch_size=3)
+
+
+def _sharded_loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from mim_model.training.distributed import Workers
+    from mim_model.training.loss import make_loss
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        logits, target = _batch()
+        share = logits.shape[0] // world
+        mine = logits[rank * share : (rank + 1) * share].clone().requires_grad_(True)
+        workers = Workers(rank=rank, world=world)
+        loss = make_loss("softiou+bce", 0.5, reduce_sums=workers.sum_with_gradient)(
+            mine, target[rank * share : (rank + 1) * share]
+        )
+        loss.backward()
+        torch.save({"grad": mine.grad, "softiou_sums": workers.sum_with_gradient(torch.ones(2))},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 1, 8, 8, generator=gen) * 3
+    target = (torch.rand(4, 1, 8, 8, generator=gen) > 0.8).float()
+    return logits, target
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_sharded_loss_gives_the_whole_batch_gradient_after_averaging(tmp_path: Path) -> None:
+    from mim_model.training.loss import make_loss
+
+    logits, target = _batch()
+    whole = logits.clone().requires_grad_(True)
+    make_loss("softiou+bce", 0.5)(whole, target).backward()
+    world = 2
+    torch.multiprocessing.spawn(_sharded_loss_worker, args=(world, str(tmp_path / "init"), str(tmp_path)),
+                                nprocs=world, join=True)
+    share = logits.shape[0] // world
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["softiou_sums"], torch.full((2,), float(world)))
+        # DistributedDataParallel averages the processes' parameter gradients: 1 / world of
+        # each process's gradient must be the whole-batch gradient of its share
+        torch.testing.assert_close(got["grad"] / world, whole.grad[rank * share : (rank + 1) * share],
+                                   rtol=1e-5, atol=1e-7)
 
 
 def _torchrun(data: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
