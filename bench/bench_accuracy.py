@@ -1,6 +1,6 @@
 """Accuracy analyses behind docs/benchmarks.md (training section and scan accuracy), on CPU.
 
-    python bench/bench_accuracy.py val WEIGHTS... [--scales 1.5,2,2.5] [--average]
+    python bench/bench_accuracy.py val WEIGHTS... [--scales 1.5,2,2.5] [--average] [--split train]
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
@@ -8,7 +8,8 @@
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
-weights (``--average``: equal shares, a "weight soup"). ``val-errors``: where val IoU is
+weights (``--average``: equal shares, a "weight soup"); ``--split train`` scores the training
+split instead, to see how well the network fits its own data. ``val-errors``: where val IoU is
 lost at the weights' threshold: pixels of masks drawn too wide / too narrow, of false-alarm
 objects and of missed targets. ``outline-ceiling``: how well the network's output grid (a
 quarter of its input) can draw the val masks: each mask averaged onto it, and logits fitted
@@ -87,14 +88,15 @@ def _averaged(paths: list[str]) -> torch.nn.Module:
 
 
 def cmd_val(args: argparse.Namespace) -> None:
-    split = _split("val")
+    split = _split(args.split)
     scales = [float(x) for x in args.scales.split(",")]
     named = [("average of " + ", ".join(args.weights), _averaged(args.weights))] if args.average else [
         (w, load_model(w)) for w in args.weights]
     for name, model in named:
         runs = [_probs(model, split, scale) for scale in scales]
         probs = [sum(parts) / len(parts) for parts in zip(*runs, strict=True)]
-        print(json.dumps({"weights": name, "scales": scales, **_sweep(probs, split.masks)}), flush=True)
+        print(json.dumps({"weights": name, "split": args.split, "scales": scales, **_sweep(probs, split.masks)}),
+              flush=True)
 
 
 def cmd_val_errors(args: argparse.Namespace) -> None:
@@ -205,6 +207,7 @@ def main() -> None:
     p.add_argument("weights", nargs="+")
     p.add_argument("--scales", default="2")
     p.add_argument("--average", action="store_true")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="never test: nothing is chosen on it")
     p.set_defaults(run=cmd_val)
     p = sub.add_parser("val-errors")
     p.add_argument("weights", nargs="?", default=str(DEFAULT_WEIGHTS_PATH))

@@ -592,6 +592,14 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         changed = {k: (old.get(k), v) for k, v in cfg.to_dict().items() if k not in _RESUME_FREE_FIELDS and old.get(k) != v}
         if changed:
             log.warning("resuming %s with changed settings (old, new): %s", last_path, changed)
+        if cfg.schedule == "cosine" and old.get("epochs") not in (None, cfg.epochs):
+            step, saved = int(ckpt["global_step"]), ckpt["scheduler"]
+            log.warning(
+                "resuming %s with epochs %d instead of %s: the cosine schedule now spans %d epochs, "
+                "so the learning rate moves from %.3g to %.3g at step %d",
+                last_path, cfg.epochs, old["epochs"], cfg.epochs, saved["_last_lr"][0],
+                saved["base_lrs"][0] * _lr_lambda(cfg, steps_per_epoch)(step), step,
+            )
         model.load_state_dict(ckpt["model"])
         resumed_average = ckpt.get("ema_model")
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from mim_model.training.data import (
 from mim_model.training.inference import axis_tiles, padded_side, predict_probs
 from mim_model.training.loss import make_loss, soft_iou_loss
 from mim_model.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
-from mim_model.training.train import TrainConfig, TrainError, export, train
+from mim_model.training.train import TrainConfig, TrainError, _lr_lambda, export, train
 from tests.mim_model.sirst_crops import needs_sirst
 
 # --------------------------------------------------------------------------- data errors
@@ -196,6 +197,24 @@ def test_train_resume_matches_uninterrupted_run(tiny_sirst: Path, tmp_path: Path
     for name, value in model.state_dict().items():
         expected = ref[name].half().float() if ref[name].is_floating_point() else ref[name]
         torch.testing.assert_close(value, expected, msg=name)
+
+
+@needs_sirst
+def test_resume_with_more_epochs_follows_the_new_schedule_and_says_so(
+    tiny_sirst: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train(_config(tiny_sirst, tmp_path), max_epochs_this_run=1)  # 1 of 2 epochs, 2 steps
+    with caplog.at_level(logging.WARNING, logger="mim_model.training.train"):
+        longer = train(_config(tiny_sirst, tmp_path, epochs=4))
+    assert longer["finished"] and longer["epochs_done"] == 4
+    notes = [r.getMessage() for r in caplog.records if "instead of 2" in r.getMessage()]
+    assert len(notes) == 1 and "spans 4 epochs" in notes[0] and "at step 2" in notes[0]
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    cfg = _config(tiny_sirst, tmp_path, epochs=4)
+    # the last step's lr lies on the 4-epoch curve (8 steps), not on the 2-epoch one
+    expected = cfg.lr * _lr_lambda(cfg, 2)(saved["global_step"])
+    assert saved["global_step"] == 8
+    assert saved["scheduler"]["_last_lr"][0] == pytest.approx(expected)
 
 
 @needs_sirst
