@@ -4,7 +4,7 @@
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
-    python bench/bench_accuracy.py scene-recall WEIGHTS...
+    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
@@ -16,7 +16,10 @@ quarter of its input) can draw the val masks: each mask averaged onto it, and lo
 to it (both up-sampled as the network does). ``land-val``: Pd/Fa on the training's land
 validation crops (val-split targets on procedural clutter) at each weights' threshold.
 ``scene-recall``: targets found within 3 px on the scan accuracy test's 4000^2 Sentinel-2
-scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``).
+scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``); with
+``--targets val`` on a validation scene built the same way from *val-split* targets at
+other places (seed 12), where scan settings such as ``--input-scale`` are chosen before
+the test scene is run with them.
 
 Data: ``$IRSCAN_SHARED_DATA`` or ../shared/data. Prints one JSON object per result.
 Nothing here chooses weights for the package on test data: ``val`` and ``land-val`` are
@@ -49,7 +52,7 @@ from mim_model.training.metrics import ThresholdSweep
 from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model
 from tests.scene_builder import shared_data_dir
 
-THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 EIGHT = np.ones((3, 3), bool)
 
 
@@ -185,19 +188,23 @@ def cmd_scene_recall(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="scene_recall_"))
     scene = work / "s2_b12_mosaic.tif"
     data = shared_data_dir()
-    truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", "test"), count=60,
-                        core_px=core_px, straddle=24, seed=11, nodata_band=(4 * core_px, side_px))
+    seed = {"test": 11, "val": 12}[args.targets]
+    truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", args.targets), count=60,
+                        core_px=core_px, straddle=24, seed=seed, nodata_band=(4 * core_px, side_px))
+    extra = ["--input-scale", str(args.input_scale)] if args.input_scale is not None else []
     for index, path in enumerate(args.weights):
         out = work / f"out{index}"
         result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", "512", "--halo-px", "64",
-                                          "--batch-size", "4", "--weights", path])
+                                          "--batch-size", "4", "--weights", path, *extra])
         if result.exit_code != 0:
             sys.exit(f"bench_accuracy: scan with {path} failed: {result.output.strip()}")
         frame = gpd.read_parquet(out / scene.stem / "detections.parquet")
+        report = json.loads((out / scene.stem / "report.json").read_text())
         rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
         found = sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
-        print(json.dumps({"weights": path, "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
-                          "detections": len(frame)}), flush=True)
+        print(json.dumps({"weights": path, "targets_split": args.targets, "input_scale": args.input_scale,
+                          "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
+                          "detections": len(frame), "mpx_per_s": report.get("mpx_per_s")}), flush=True)
 
 
 def main() -> None:
@@ -222,6 +229,9 @@ def main() -> None:
     p.set_defaults(run=cmd_land_val)
     p = sub.add_parser("scene-recall")
     p.add_argument("weights", nargs="+")
+    p.add_argument("--targets", choices=("test", "val"), default="test",
+                   help="test: the accuracy test's scene; val: a validation scene of val-split targets")
+    p.add_argument("--input-scale", type=float, default=None, help="irscan scan --input-scale [the weights']")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()
     args.run(args)

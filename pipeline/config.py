@@ -83,6 +83,7 @@ class ScanConfig:
             "threshold": self.inference.threshold,
             "amp": self.inference.amp,
             "flip_tta": self.inference.flip_tta,
+            "input_scale": self.inference.input_scale,
             "weights_sha256": weights_sha256,
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

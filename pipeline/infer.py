@@ -7,6 +7,7 @@ nothing of Ray: the runner wraps a :class:`TilePredictor` in an actor.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ class InferenceSpec:
     CUDA (the selective scan stays fp32). ``threshold`` None takes the probability
     threshold stored with the weights. ``torch_threads`` caps CPU threads per actor.
     ``flip_tta`` averages each tile's probabilities over the tile and its three flips
-    (four forward passes: a quarter of the throughput, fewer false alarms).
+    (four forward passes: a quarter of the throughput, fewer false alarms). ``input_scale``
+    None resizes tiles by the factor stored with the weights (the scale they were trained
+    at); a number overrides it: the network then looks at targets that many times their
+    size in pixels (finer for a coarser sensor, at input_scale**2 the compute).
     """
 
     weights_path: str | None = None
@@ -59,12 +63,15 @@ class InferenceSpec:
     threshold: float | None = None
     torch_threads: int | None = None
     flip_tta: bool = False
+    input_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise InputError(f"threshold: expected a probability in (0, 1), got {self.threshold}")
+        if self.input_scale is not None and not (math.isfinite(self.input_scale) and 0.25 <= self.input_scale <= 8):
+            raise InputError(f"input_scale: expected a factor from 0.25 to 8, got {self.input_scale}")
         if self.weights_path is not None and not Path(self.weights_path).is_file():
             raise InputError(f"weights: file {self.weights_path} does not exist")
 
@@ -93,12 +100,21 @@ def resolve_threshold(spec: InferenceSpec) -> float:
     return _metadata_number(spec, "threshold", DEFAULT_THRESHOLD)
 
 
+def resolve_input_scale(spec: InferenceSpec) -> float:
+    """The factor tiles are resized by: the spec's, else the weights' ``input_scale``
+    (default 1), read without loading the network."""
+    if spec.input_scale is not None:
+        return spec.input_scale
+    return _metadata_number(spec, "input_scale", 1.0)
+
+
 def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
-    """The weights' ``input_scale`` (default 1); the scaled tile must stay a multiple of 64."""
-    scale = _metadata_number(spec, "input_scale", 1.0)
+    """The input scale (:func:`resolve_input_scale`); the scaled tile must stay a multiple of 64."""
+    scale = resolve_input_scale(spec)
     if round(tile_px * scale) % 64:
+        source = "input_scale" if spec.input_scale is not None else "the weights' input_scale"
         raise InputError(
-            f"tile_px: the weights run on tiles resized by {scale}; {tile_px} px becomes "
+            f"tile_px: tiles are resized by {source} {scale}; {tile_px} px becomes "
             f"{round(tile_px * scale)} px, expected a multiple of 64"
         )
     return scale
@@ -144,7 +160,7 @@ class TilePredictor:
             torch.backends.cudnn.allow_tf32 = True
         self.model = load_model(spec.weights_path, device=self.device)
         self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
-        self.input_scale = weights_input_scale(self.model)
+        self.input_scale = spec.input_scale if spec.input_scale is not None else weights_input_scale(self.model)
         self.weights_sha256 = weights_sha256(resolve_weights_path(spec))
         backends = scan_backends()
         log.info(
@@ -168,11 +184,11 @@ class TilePredictor:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         if self.input_scale != 1.0:
-            # the weights were trained on images resized by this factor: do the same, and back
+            # the weights were trained on images resized by a factor (or the user asks for one): resize, and back
             scaled_side = round(side * self.input_scale)
             if scaled_side % 64:
                 raise InputError(
-                    f"tile_px: {side} px times the weights' input_scale {self.input_scale} is "
+                    f"tile_px: {side} px times the input_scale {self.input_scale} is "
                     f"{scaled_side} px, expected a multiple of 64"
                 )
             batch = torch.nn.functional.interpolate(batch, size=(scaled_side, scaled_side), mode="bilinear",

@@ -86,13 +86,14 @@ _SCAN_TYPES: dict[str, tuple[tuple[type, ...], str, tuple[Any, ...] | None]] = {
     "threshold": (_NUMBER, "a number or null", None),
     "no_amp": ((bool,), "true or false", None),
     "tta_flips": ((bool,), "true or false", None),
+    "input_scale": (_NUMBER, "a number or null", None),
     "ray_address": ((str,), "a string or null", None),
     "max_tiles_in_flight": ((int,), "an integer or null", None),
     "overwrite": ((bool,), "true or false", None),
     "progress": ((bool,), "true, false or null", None),
 }
 _NULLABLE = {
-    "norm_low", "norm_high", "num_actors", "weights", "threshold", "ray_address",
+    "norm_low", "norm_high", "num_actors", "weights", "threshold", "input_scale", "ray_address",
     "max_tiles_in_flight", "progress",
 }
 # words in the messages of the config classes -> the scan key they are about
@@ -276,7 +277,7 @@ def _parse_scan(value: Any, source: str, base: Path) -> dict[str, Any]:
             raise _err(source, f"scan.{raw_key}", expected, option)
         if key == "weights" and option is not None:
             option = _resolve_local(option, base)
-        if key in ("norm_low", "norm_high", "gpus_per_actor", "threshold") and option is not None:
+        if key in ("norm_low", "norm_high", "gpus_per_actor", "threshold", "input_scale") and option is not None:
             option = float(option)
         options[key] = option
     if options.get("norm_mode") == "fixed":

@@ -101,7 +101,7 @@ CHECKPOINT_FORMAT = "irscan-train-v1"
 LAST = "last.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
-DEFAULT_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+DEFAULT_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 # Config fields that may change between a run and its resumption without a warning.
 _RESUME_FREE_FIELDS = frozenset(

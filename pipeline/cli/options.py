@@ -17,6 +17,7 @@ option                 meaning
 --threshold            probability threshold (default: stored with the weights)
 --no-amp               fp32 instead of bf16 autocast on GPU
 --tta-flips            average each tile over its three flips too (4x the compute)
+--input-scale          resize tiles by this before the network (default: the weights')
 --ray-address          join this Ray cluster (default: RAY_ADDRESS, else a local Ray)
 --overwrite            replace existing outputs
 =====================  ==========================================================
@@ -58,6 +59,9 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--threshold", type=float, default=None, help="Probability threshold. [from the weights]"),
     click.option("--no-amp", is_flag=True, help="Run the network in fp32 on GPU (default bf16 autocast)."),
     tta_flips_option,
+    click.option("--input-scale", type=float, default=None,
+                 help="Resize tiles by this factor before the network (compute grows with its square). "
+                      "[the weights' training scale]"),
     click.option("--ray-address", default=None, help="Ray cluster to join. [RAY_ADDRESS, else local]"),
     click.option("--max-tiles-in-flight", type=int, default=None, help="Bound on tiles held in memory."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
@@ -66,7 +70,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 
 SCAN_OPTION_NAMES = (
     "tile_px", "halo_px", "batch_size", "band", "norm_mode", "norm_low", "norm_high", "device",
-    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "tta_flips", "ray_address",
+    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "tta_flips", "input_scale", "ray_address",
     "max_tiles_in_flight", "overwrite", "progress",
 )
 
@@ -97,6 +101,7 @@ def config_from_options(values: dict[str, Any]) -> ScanConfig:
             amp=not values.get("no_amp", False),
             threshold=values.get("threshold"),
             flip_tta=values.get("tta_flips", False),
+            input_scale=values.get("input_scale"),
         ),
         ray=RayOptions(
             address=values.get("ray_address"),

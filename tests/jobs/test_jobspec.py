@@ -66,17 +66,17 @@ def test_every_scan_option_is_accepted(tmp_path: Path, scenes: Path) -> None:
     scan = {
         "tile_px": 256, "halo_px": 32, "batch_size": 4, "band": 1, "norm_mode": "fixed",
         "norm_low": 0, "norm_high": 5000.5, "device": "cpu", "gpus_per_actor": 0.25,
-        "num_actors": 3, "weights": str(weights), "threshold": 0.4, "no_amp": False, "tta_flips": True,
+        "num_actors": 3, "weights": str(weights), "threshold": 0.4, "no_amp": False, "tta_flips": True, "input_scale": 3,
         "ray_address": "auto", "max_tiles_in_flight": 64, "overwrite": True, "progress": False,
     }
     assert set(scan) == set(SCAN_OPTION_NAMES)
     spec = load_job(write_job(tmp_path, base_job(name="all-options", scan=scan)))
-    assert spec.name == "all-options" and spec.scan_options == {**scan, "norm_low": 0.0}
+    assert spec.name == "all-options" and spec.scan_options == {**scan, "norm_low": 0.0, "input_scale": 3.0}
     c = spec.config
     assert c.normalization.mode == "fixed" and c.normalization.max_value == 5000.5
     assert c.ray.num_actors == 3 and c.ray.address == "auto" and c.ray.max_tiles_in_flight == 64
     assert c.inference.threshold == 0.4 and c.overwrite is True and c.progress is False
-    assert c.inference.flip_tta is True
+    assert c.inference.flip_tta is True and c.inference.input_scale == 3.0
     assert spec.with_overwrite(False).config.overwrite is False
 
 

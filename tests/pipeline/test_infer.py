@@ -1,11 +1,15 @@
-"""Tile inference helpers: a batch padded to the actors' fixed size gives the same tiles."""
+"""Tile inference helpers: a batch padded to the actors' fixed size gives the same tiles;
+flip averaging; the input scale (the weights' or the user's)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline.infer import InferenceSpec, TilePredictor, pad_batch
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, pad_batch
 
 
 def test_pad_batch_appends_empty_tiles_only_when_short() -> None:
@@ -64,3 +68,44 @@ def test_flip_averaged_maps_each_flip_back() -> None:
     assert out[0, 0, 0, 1].item() == (1 + 2 + 13 + 14) / 4
     assert out.sum().item() == out[0, 0, 0, 1].item()  # nothing lands elsewhere
     assert torch.equal(flip_averaged(position_weighted, x, False), x * ramp)
+
+
+def test_input_scale_override_resizes_tiles_by_the_given_factor() -> None:
+    """The packaged weights run at their stored scale 2; --input-scale 2 is the same path,
+    1 runs the network on the tile as it is, 3 on the tile resized by 3 and back."""
+    from mim_model.training.inference import model_probabilities
+    from mim_model.training.preprocess import to_model_input
+
+    rng = np.random.default_rng(4)
+    tiles = (0.2 + 0.05 * rng.standard_normal((2, 64, 64))).astype(np.float32)
+    tiles[:, 20:23, 40:43] += 0.6
+    stored = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2))
+    assert stored.input_scale == 2.0
+    same = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, input_scale=2.0))
+    np.testing.assert_array_equal(same.predict(tiles), stored.predict(tiles))
+
+    native = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, input_scale=1.0))
+    with torch.inference_mode():
+        by_hand = model_probabilities(stored.model, to_model_input(torch.from_numpy(tiles)[:, None]),
+                                      torch.device("cpu"), False)[:, 0].numpy()
+    np.testing.assert_allclose(native.predict(tiles), by_hand, rtol=0, atol=1e-6)
+
+    x = torch.from_numpy(tiles)[:, None]
+    big = torch.nn.functional.interpolate(x, size=(192, 192), mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        probs = model_probabilities(stored.model, to_model_input(big), torch.device("cpu"), False)
+    back = torch.nn.functional.interpolate(probs, size=(64, 64), mode="bilinear", align_corners=False,
+                                           antialias=True)[:, 0].numpy()
+    finer = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, input_scale=3.0))
+    np.testing.assert_allclose(finer.predict(tiles), back, rtol=0, atol=1e-6)
+    assert not np.allclose(back, stored.predict(tiles), atol=1e-3)
+
+
+def test_input_scale_is_checked_against_the_tile() -> None:
+    assert check_tile_scale(InferenceSpec(), 512) == 2.0  # the packaged weights' scale
+    assert check_tile_scale(InferenceSpec(input_scale=2.5), 512) == 2.5  # 1280 px
+    with pytest.raises(InputError, match="tiles are resized by input_scale 1.5; 64 px becomes 96 px"):
+        check_tile_scale(InferenceSpec(input_scale=1.5), 64)
+    for bad in (0.0, 0.1, 9.0, float("nan")):
+        with pytest.raises(InputError, match="input_scale: expected a factor from 0.25 to 8"):
+            InferenceSpec(input_scale=bad)

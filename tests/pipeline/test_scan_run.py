@@ -152,6 +152,8 @@ def test_bad_inputs_fail_with_one_clear_line(random_weights, tmp_path):
         ([str(good), "--band", "3"], "band"),
         ([str(good), "--tile-px", "100"], "tile_px"),
         ([str(good), "--tile-px", "128", "--halo-px", "64"], "halo_px"),
+        ([str(good), "--input-scale", "0"], "input_scale: expected a factor from 0.25 to 8, got 0.0"),
+        ([str(good), "--tile-px", "64", "--halo-px", "0", "--input-scale", "1.5"], "tile_px: tiles are resized by"),
     ]
     for args, needle in cases:
         code, output = _error_line([*args, "--out", str(tmp_path / "o"), "--weights", str(random_weights)])
