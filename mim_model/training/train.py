@@ -551,6 +551,13 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     if cfg.synthetic.p_synthetic > 0:
         synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
     val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
+    shared = sorted(set(train_split.ids) & set(val_split.ids))
+    if shared:
+        raise TrainError(
+            f"train config val_split: expected a split with no training image (it chooses the checkpoint "
+            f"and threshold), got {cfg.val_split!r}, which shares {len(shared)} images with "
+            f"{cfg.train_split!r} (e.g. {shared[0]})"
+        )
     land_val = land_validation_crops(val_split, cfg.land_val_crops) if cfg.land_val_crops else []
     if cfg.batch_size > len(train_split) * cfg.epoch_repeats:
         raise TrainError(

@@ -224,6 +224,16 @@ def test_resume_refuses_another_layout(tiny_sirst: Path, tmp_path: Path) -> None
         train(_config(tiny_sirst, tmp_path / "r", epochs=1, layout="official"))
 
 
+@needs_sirst
+def test_a_val_split_that_shares_training_images_is_refused(tiny_sirst: Path, tmp_path: Path) -> None:
+    val_ids = (tiny_sirst / "idx_427" / "val.txt").read_text().split()
+    train_ids = (tiny_sirst / "idx_427" / "train.txt").read_text().split()
+    (tiny_sirst / "idx_427" / "trainval.txt").write_text("\n".join(train_ids + val_ids) + "\n")
+    with pytest.raises(TrainError, match=rf"val_split: .*got 'val', which shares 2 images with 'trainval' \(e.g. {sorted(val_ids)[0]}\)"):
+        train(_config(tiny_sirst, tmp_path / "r", train_split="trainval"))
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
 def test_config_validation() -> None:
     with pytest.raises(TrainError, match="crop_px: expected a positive multiple of 64, got 100"):
         TrainConfig(data_dir="d", out_dir="o", crop_px=100)
