@@ -4,7 +4,7 @@
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
-    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3]
+    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3] [--keep DIR]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
@@ -178,6 +178,16 @@ def cmd_land_val(args: argparse.Namespace) -> None:
 
 
 def cmd_scene_recall(args: argparse.Namespace) -> None:
+    if args.keep:  # the scene and every scan's outputs stay there, for a closer look
+        work = Path(args.keep)
+        work.mkdir(parents=True, exist_ok=True)
+        _scene_recall(args, work)
+        return
+    with tempfile.TemporaryDirectory(prefix="scene_recall_") as work:
+        _scene_recall(args, Path(work))
+
+
+def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     import geopandas as gpd
     from click.testing import CliRunner
 
@@ -185,7 +195,6 @@ def cmd_scene_recall(args: argparse.Namespace) -> None:
     from tests.scene_builder import build_scene, load_target_chips
 
     side_px, core_px = 4000, 384
-    work = Path(tempfile.mkdtemp(prefix="scene_recall_"))
     scene = work / "s2_b12_mosaic.tif"
     data = shared_data_dir()
     seed = {"test": 11, "val": 12}[args.targets]
@@ -195,7 +204,7 @@ def cmd_scene_recall(args: argparse.Namespace) -> None:
     for index, path in enumerate(args.weights):
         out = work / f"out{index}"
         result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", "512", "--halo-px", "64",
-                                          "--batch-size", "4", "--weights", path, *extra])
+                                          "--batch-size", "4", "--weights", path, "--overwrite", *extra])
         if result.exit_code != 0:
             sys.exit(f"bench_accuracy: scan with {path} failed: {result.output.strip()}")
         frame = gpd.read_parquet(out / scene.stem / "detections.parquet")
@@ -232,6 +241,7 @@ def main() -> None:
     p.add_argument("--targets", choices=("test", "val"), default="test",
                    help="test: the accuracy test's scene; val: a validation scene of val-split targets")
     p.add_argument("--input-scale", type=float, default=None, help="irscan scan --input-scale [the weights']")
+    p.add_argument("--keep", metavar="DIR", help="build the scene and keep the scans' outputs in DIR [a temporary folder]")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()
     args.run(args)
