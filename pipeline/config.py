@@ -83,7 +83,8 @@ class ScanConfig:
             "threshold": self.inference.threshold,
             "amp": self.inference.amp,
             "flip_tta": self.inference.flip_tta,
-            "input_scale": self.inference.input_scale,
             "weights_sha256": weights_sha256,
         }
+        if self.inference.input_scale is not None:  # absent by default: earlier outputs keep their fingerprint
+            decisive["input_scale"] = self.inference.input_scale
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

@@ -126,9 +126,18 @@ def test_export_only_without_checkpoint(tmp_path: Path) -> None:
 
 
 @needs_sirst
-def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
+def test_train_refuses_a_val_split_made_of_training_images(tmp_path: Path) -> None:
     data = write_data(tmp_path / "d", ["Misc_40", "Misc_23"], split="train")
     (data / "idx_427" / "val.txt").write_text("Misc_40\n")
+    result = CliRunner().invoke(cli, ["train", str(data), "--out", str(tmp_path / "run"), "--crop-px", "64",
+                                      "--batch-size", "2", "--device", "cpu"])
+    one_line_error(result, "val_split", "shares 1 images with 'train' (e.g. Misc_40)")
+
+
+@needs_sirst
+def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "d", ["Misc_40", "Misc_23"], split="train")
+    write_data(data, ["Misc_371"], split="val")  # never a training image: it chooses
     run, weights_out = tmp_path / "run", tmp_path / "w" / "mim.safetensors"
     args = ["train", str(data), "--out", str(run), "--epochs", "1", "--eval-every", "1", "--crop-px", "64",
             "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--export", str(weights_out)]

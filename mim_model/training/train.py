@@ -78,7 +78,7 @@ from torch import nn
 
 from mim_model.errors import MiMError, WeightsError
 from mim_model.training import distributed
-from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, split_summary
+from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, read_split, split_summary
 from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
 from mim_model.training.metrics import ThresholdSweep
@@ -546,18 +546,19 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = out_dir / LAST, out_dir / BEST, out_dir / METRICS
 
-    train_split = SirstSplit.load(cfg.data_dir, cfg.train_split, cfg.split_dir)
-    synthetic = None
-    if cfg.synthetic.p_synthetic > 0:
-        synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
-    val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
-    shared = sorted(set(train_split.ids) & set(val_split.ids))
+    shared = sorted(set(read_split(cfg.data_dir, cfg.train_split, cfg.split_dir))
+                    & set(read_split(cfg.data_dir, cfg.val_split, cfg.split_dir)))
     if shared:
         raise TrainError(
             f"train config val_split: expected a split with no training image (it chooses the checkpoint "
             f"and threshold), got {cfg.val_split!r}, which shares {len(shared)} images with "
             f"{cfg.train_split!r} (e.g. {shared[0]})"
         )
+    train_split = SirstSplit.load(cfg.data_dir, cfg.train_split, cfg.split_dir)
+    synthetic = None
+    if cfg.synthetic.p_synthetic > 0:
+        synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
+    val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
     land_val = land_validation_crops(val_split, cfg.land_val_crops) if cfg.land_val_crops else []
     if cfg.batch_size > len(train_split) * cfg.epoch_repeats:
         raise TrainError(

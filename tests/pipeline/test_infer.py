@@ -109,3 +109,24 @@ def test_input_scale_is_checked_against_the_tile() -> None:
     for bad in (0.0, 0.1, 9.0, float("nan")):
         with pytest.raises(InputError, match="input_scale: expected a factor from 0.25 to 8"):
             InferenceSpec(input_scale=bad)
+
+
+def test_input_scale_is_part_of_the_output_fingerprint() -> None:
+    """A resumed scan must not mix tiles run at two scales; the default keeps the fingerprint
+    that outputs written before the option existed carry."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from pipeline.config import ScanConfig
+
+    default = ScanConfig()
+    before_the_option = {
+        "tiling": asdict(default.tiling), "normalization": asdict(default.normalization), "band": 1,
+        "threshold": None, "amp": True, "flip_tta": False, "weights_sha256": "abc",
+    }
+    assert default.output_fingerprint("abc") == hashlib.sha256(
+        json.dumps(before_the_option, sort_keys=True).encode()).hexdigest()[:16]
+    scaled = ScanConfig(inference=InferenceSpec(input_scale=2.5))
+    assert scaled.output_fingerprint("abc") != default.output_fingerprint("abc")
+    assert scaled.output_fingerprint("abc") == ScanConfig(inference=InferenceSpec(input_scale=2.5)).output_fingerprint("abc")
