@@ -92,6 +92,7 @@ def test_evaluate_empty_split_file(tmp_path: Path, weights: Path) -> None:
 @needs_sirst
 def test_train_mask_of_another_size(tmp_path: Path) -> None:
     data = write_data(tmp_path / "d", ["Misc_40"], split="train")
+    write_data(data, ["Misc_371"], split="val")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "masks" / "Misc_40_pixels0.png")
     result = CliRunner().invoke(cli, ["train", str(data), "--out", str(tmp_path / "run"), "--device", "cpu"])
     one_line_error(result, "Misc_40_pixels0.png", "(96, 135)", "(10, 10)")
