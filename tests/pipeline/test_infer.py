@@ -4,9 +4,8 @@ flip averaging; the input scale (the weights' or the user's)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
-
 import pytest
+import torch
 
 from pipeline.errors import InputError
 from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, pad_batch
