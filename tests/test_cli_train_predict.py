@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -141,7 +142,8 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     write_data(data, ["Misc_371"], split="val")  # never a training image: it chooses
     run, weights_out = tmp_path / "run", tmp_path / "w" / "mim.safetensors"
     args = ["train", str(data), "--out", str(run), "--epochs", "1", "--eval-every", "1", "--crop-px", "64",
-            "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--export", str(weights_out)]
+            "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--export", str(weights_out),
+            "--scale-range", "0.9", "1.1", "--p-target-crop", "1"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -149,3 +151,14 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     assert Path(summary["export"]["weights"]) == weights_out and weights_out.is_file()
     assert weights_out.with_suffix(".md").is_file()
     assert (run / "last.pt").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    augment = torch.load(run / "last.pt", weights_only=True)["config"]["augment"]
+    assert tuple(augment["scale_range"]) == (0.9, 1.1) and augment["p_target_crop"] == 1.0
+    assert augment["flips"] is True  # the other augmentations keep their defaults
+
+
+def test_train_augmentation_options_fail_with_one_line(tmp_path: Path) -> None:
+    for args, needle in ((["--scale-range", "2", "1"], "scale_range: expected 0 < low <= high, got (2.0, 1.0)"),
+                         (["--p-target-crop", "1.5"], "p_target_crop: expected a probability in [0, 1], got 1.5"),
+                         (["--p-synthetic", "2"], "p_synthetic: expected a probability in [0, 1], got 2.0")):
+        result = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), *args])
+        one_line_error(result, needle)

@@ -57,6 +57,9 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--p-synthetic", type=float, help="Share of the training crops that are synthetic. [0]")
 @click.option("--p-clutter", type=float,
               help="Share of the synthetic crops drawn on procedural land clutter, not a raster. [0]")
+@click.option("--scale-range", type=(float, float), default=None, metavar="LOW HIGH",
+              help="Rescale augmentation: factor on --input-scale drawn log-uniform in [LOW, HIGH]. [0.6 1.6]")
+@click.option("--p-target-crop", type=float, help="Share of the crops placed to hold a target. [0.8]")
 @click.option("--land-val-crops", type=int,
               help="Also log Pd/Fa on this many val-target crops on procedural land at each evaluation. [0]")
 @click.option("--ema-decay", type=float,
@@ -78,7 +81,7 @@ def _show_progress(ctx: click.Context) -> None:
 def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, export_path: Path | None,
             export_only: bool, report_split: str | None, **options: object) -> None:
     """Train MiM-ISTD on DATA_DIR (images/, masks/, idx_427/*.txt); resume from --out."""
-    from mim_model.training.train import TrainConfig, export, train
+    from mim_model.training.train import TrainConfig, TrainError, export, train
 
     _show_progress(ctx)
     if export_only and export_path is None:
@@ -94,7 +97,15 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
             try:
                 overrides["synthetic"] = SyntheticSpec(p_synthetic=p_synthetic or 0.0, p_clutter=p_clutter or 0.0)
             except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--p-synthetic/--p-clutter") from None
+                raise TrainError(f"train option --p-synthetic/--p-clutter: {exc}") from None
+        augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop") if k in overrides}
+        if augment:
+            from mim_model.training.data import Augment
+
+            try:
+                overrides["augment"] = Augment(**augment)
+            except ValueError as exc:
+                raise TrainError(f"train option --scale-range/--p-target-crop: {exc}") from None
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)

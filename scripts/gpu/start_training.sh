@@ -24,21 +24,37 @@
 #     --warmup-epochs 10 --epochs 800 --eval-every 10 --num-workers 14 --ema-decay 0.999 \
 #     --no-ema-warmup --p-synthetic 0.35 --p-clutter 0.6 --land-val-crops 64 \
 #     --synthetic-background ... --synthetic-background ...      (the two above)
+# Several independent runs on one machine of several GPUs (device time counts per machine,
+# not per GPU): give each its own RUN_NAME and GPU, and --num-workers of about cores/runs - 1:
+#   RUN_NAME=a CUDA_VISIBLE_DEVICES=0 bash scripts/gpu/start_training.sh 20 ... --num-workers 7
+#   RUN_NAME=b CUDA_VISIBLE_DEVICES=1 bash scripts/gpu/start_training.sh 20 ... --num-workers 7
+# Run NAME writes /root/train/NAME/, its log /root/train/NAME.log, its export
+# /root/train/NAME-export/ and runs a copy of the code in /root/train/code-NAME/; without
+# RUN_NAME: /root/train/run/, train.log, export/ and code/.
 # Before the wheels are staged there is no rasterio on the machine: backgrounds PIL cannot
 # read (float64 TIFFs) fail then.
 set -euo pipefail
 minutes=${1:?minutes}; shift
-mkdir -p /root/train
-export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1
-rm -rf /root/train/code && cp -r "$PWD" /root/train/code   # the checkout may be replaced by the next call
-cd /root/train/code
-export_args=(--export /root/train/export/mim_sirst.safetensors --report-split test)
+name=${RUN_NAME:-}
+root=${TRAIN_ROOT:-/root/train}    # overridable for tests
+data=${SIRST_DIR:-/root/data/sirst}
+out=$root/${name:-run}
+log=$root/train.log
+[ -n "$name" ] && log=$root/$name.log
+export_dir=$root/${name:+$name-}export
+code=$root/code${name:+-$name}
+mkdir -p "$root"
+export PYTHONPATH=/root/site:$code PYTHONUNBUFFERED=1
+rm -rf "$code" && cp -r "$PWD" "$code"   # the checkout may be replaced by the next call
+cd "$code"
+export_args=(--export "$export_dir/mim_sirst.safetensors" --report-split test)
 [ "${NO_EXPORT:-0}" = 1 ] && export_args=()
-launcher=(python3 -m pipeline.cli.main)
+python=${PYTHON:-python3}
+launcher=("$python" -m pipeline.cli.main)
 if [ "${NPROC:-1}" -gt 1 ]; then  # data-parallel over NPROC GPUs: --batch-size is split over them
-  launcher=(python3 -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m pipeline.cli.main)
+  launcher=("$python" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m pipeline.cli.main)
 fi
-setsid nohup "${launcher[@]}" -v train /root/data/sirst --out /root/train/run \
+setsid nohup "${launcher[@]}" -v train "$data" --out "$out" \
   --time-budget-min "$minutes" "${export_args[@]}" "$@" \
-  >/root/train/train.log 2>&1 < /dev/null &
-echo "training started (pid $!), budget $minutes min"
+  >"$log" 2>&1 < /dev/null &
+echo "training ${name:-run} started (pid $!), budget $minutes min, log $log"
