@@ -218,6 +218,20 @@ def test_resume_with_more_epochs_follows_the_new_schedule_and_says_so(
 
 
 @needs_sirst
+def test_acm_recipe_adagrad_at_a_constant_rate(tiny_sirst: Path, tmp_path: Path) -> None:
+    """The recipe MiM's author points to (ACM: Adagrad, lr 0.05, constant, weight decay 1e-4)."""
+    out = train(_config(tiny_sirst, tmp_path, optimizer="adagrad", schedule="constant", lr=0.05, epochs=1,
+                        eval_every=1))
+    assert out["finished"]
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["scheduler"]["_last_lr"] == [0.05, 0.05]
+    state = saved["optimizer"]["state"][0]
+    assert "sum" in state and state["sum"].abs().sum() > 0  # Adagrad's accumulated squared gradients
+    groups = saved["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]  # no decay on norms, biases, A_logs, Ds
+
+
+@needs_sirst
 def test_resume_refuses_another_layout(tiny_sirst: Path, tmp_path: Path) -> None:
     train(_config(tiny_sirst, tmp_path / "r", epochs=1, eval_every=1, eval_thresholds=(0.5,)))
     with pytest.raises(TrainError, match="layout"):
