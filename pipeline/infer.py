@@ -22,7 +22,6 @@ from mim_model.training.inference import (
     DEFAULT_THRESHOLD,
     flip_averaged,
     model_probabilities,
-    weights_input_scale,
     weights_threshold,
 )
 from mim_model.training.preprocess import to_model_input
@@ -35,8 +34,8 @@ from mim_model.weights import (
 from pipeline.errors import InputError
 
 __all__ = [
-    "InferenceSpec", "TilePredictor", "check_tile_scale", "pad_batch", "resolve_device", "resolve_threshold",
-    "resolve_weights_path",
+    "InferenceSpec", "TilePredictor", "check_tile_scale", "pad_batch", "resolve_device", "resolve_input_scale",
+    "resolve_threshold", "resolve_weights_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,7 @@ class TilePredictor:
             torch.backends.cudnn.allow_tf32 = True
         self.model = load_model(spec.weights_path, device=self.device)
         self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
-        self.input_scale = spec.input_scale if spec.input_scale is not None else weights_input_scale(self.model)
+        self.input_scale = resolve_input_scale(spec)
         self.weights_sha256 = weights_sha256(resolve_weights_path(spec))
         backends = scan_backends()
         log.info(

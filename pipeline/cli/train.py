@@ -20,6 +20,17 @@ import click
 from mim_model.training.loss import LOSSES
 
 
+def _settings(settings_class: type, options: str, values: dict[str, object]) -> object:
+    """``settings_class(**values)`` (the other fields at their defaults); a bad value is the
+    user's mistake: one line naming the options."""
+    from mim_model.training.train import TrainError
+
+    try:
+        return settings_class(**values)
+    except ValueError as exc:
+        raise TrainError(f"train option {options}: {exc}") from None
+
+
 def _show_progress(ctx: click.Context) -> None:
     root = ctx.find_root()
     if not root.params.get("quiet"):
@@ -81,31 +92,23 @@ def _show_progress(ctx: click.Context) -> None:
 def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, export_path: Path | None,
             export_only: bool, report_split: str | None, **options: object) -> None:
     """Train MiM-ISTD on DATA_DIR (images/, masks/, idx_427/*.txt); resume from --out."""
-    from mim_model.training.train import TrainConfig, TrainError, export, train
+    from mim_model.training.train import TrainConfig, export, train
 
     _show_progress(ctx)
     if export_only and export_path is None:
         raise click.UsageError("--export-only needs --export PATH")
     summary: dict[str, object] = {}
     if not export_only:
-        overrides = {k: v for k, v in options.items() if v is not None}
-        p_synthetic = overrides.pop("p_synthetic", None)
-        p_clutter = overrides.pop("p_clutter", None)
-        if p_synthetic is not None or p_clutter is not None:
-            from mim_model.training.synthetic import SyntheticSpec
+        from mim_model.training.data import Augment
+        from mim_model.training.synthetic import SyntheticSpec
 
-            try:
-                overrides["synthetic"] = SyntheticSpec(p_synthetic=p_synthetic or 0.0, p_clutter=p_clutter or 0.0)
-            except ValueError as exc:
-                raise TrainError(f"train option --p-synthetic/--p-clutter: {exc}") from None
+        overrides = {k: v for k, v in options.items() if v is not None}
+        synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter") if k in overrides}
+        if synthetic:
+            overrides["synthetic"] = _settings(SyntheticSpec, "--p-synthetic/--p-clutter", synthetic)
         augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop") if k in overrides}
         if augment:
-            from mim_model.training.data import Augment
-
-            try:
-                overrides["augment"] = Augment(**augment)
-            except ValueError as exc:
-                raise TrainError(f"train option --scale-range/--p-target-crop: {exc}") from None
+            overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop", augment)
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)
