@@ -62,9 +62,7 @@ class Workers:
         """
         if not self.parallel:
             return value
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(value, op=dist.ReduceOp.SUM)
+        return _SumOverProcesses.apply(value)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean of a tensor over the processes."""
@@ -73,6 +71,25 @@ class Workers:
         total = value.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total / self.world
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient: each process's loss depends
+    on every process's input through the sum, so the gradient of an input is the sum of the
+    processes' gradients of the sum (what ``torch.distributed.nn.functional.all_reduce``,
+    now deprecated, computed)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, value: torch.Tensor) -> torch.Tensor:
+        total = value.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
 
 
 def from_env() -> Workers:
