@@ -35,7 +35,7 @@ from pipeline.errors import InputError
 
 __all__ = [
     "InferenceSpec", "TilePredictor", "check_tile_scale", "pad_batch", "resolve_device", "resolve_input_scale",
-    "resolve_threshold", "resolve_weights_path",
+    "resolve_threshold", "resolve_weights_path", "scaled_tile_px",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,22 @@ def resolve_input_scale(spec: InferenceSpec) -> float:
     return _metadata_number(spec, "input_scale", 1.0)
 
 
+def scaled_tile_px(tile_px: int, scale: float, source: str = "input_scale") -> int:
+    """Side of a ``tile_px`` tile resized by ``scale``; the network needs a multiple of 64
+    (``source`` names where the scale comes from in the error)."""
+    scaled = round(tile_px * scale)
+    if scaled % 64:
+        raise InputError(
+            f"tile_px: tiles are resized by {source} {scale}; {tile_px} px becomes {scaled} px, "
+            "expected a multiple of 64"
+        )
+    return scaled
+
+
 def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
     """The input scale (:func:`resolve_input_scale`); the scaled tile must stay a multiple of 64."""
     scale = resolve_input_scale(spec)
-    if round(tile_px * scale) % 64:
-        source = "input_scale" if spec.input_scale is not None else "the weights' input_scale"
-        raise InputError(
-            f"tile_px: tiles are resized by {source} {scale}; {tile_px} px becomes "
-            f"{round(tile_px * scale)} px, expected a multiple of 64"
-        )
+    scaled_tile_px(tile_px, scale, "input_scale" if spec.input_scale is not None else "the weights' input_scale")
     return scale
 
 
@@ -184,12 +191,7 @@ class TilePredictor:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         if self.input_scale != 1.0:
             # the weights were trained on images resized by a factor (or the user asks for one): resize, and back
-            scaled_side = round(side * self.input_scale)
-            if scaled_side % 64:
-                raise InputError(
-                    f"tile_px: {side} px times the input_scale {self.input_scale} is "
-                    f"{scaled_side} px, expected a multiple of 64"
-                )
+            scaled_side = scaled_tile_px(side, self.input_scale)
             batch = torch.nn.functional.interpolate(batch, size=(scaled_side, scaled_side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale < 1)
         probs = flip_averaged(lambda x: model_probabilities(self.model, x, self.device, self.spec.amp),

@@ -584,7 +584,8 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         prefetch_factor=4 if cfg.num_workers > 0 else None,
     )
     steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
+    lr_factor = _lr_lambda(cfg, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     loss_fn = make_loss(cfg.loss, cfg.bce_weight, reduce_sums=workers.sum_with_gradient if workers.parallel else None)
 
     start_epoch, global_step, best, elapsed_before = 0, 0, None, 0.0
@@ -606,7 +607,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
                 "resuming %s with epochs %d instead of %s: the cosine schedule now spans %d epochs, "
                 "so the learning rate moves from %.3g to %.3g at step %d",
                 last_path, cfg.epochs, old["epochs"], cfg.epochs, saved["_last_lr"][0],
-                saved["base_lrs"][0] * _lr_lambda(cfg, steps_per_epoch)(step), step,
+                saved["base_lrs"][0] * lr_factor(step), step,
             )
         model.load_state_dict(ckpt["model"])
         resumed_average = ckpt.get("ema_model")
