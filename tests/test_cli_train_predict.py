@@ -158,6 +158,26 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     assert synthetic["p_clutter"] == 0.5 and synthetic["p_synthetic"] == 0.0
 
 
+@needs_sirst
+def test_a_refit_through_the_cli_exports_its_last_epoch(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "d", ["Misc_40", "Misc_23", "Misc_371"], split="trainval")
+    run, weights_out = tmp_path / "run", tmp_path / "w" / "mim.safetensors"
+    args = ["train", str(data), "--out", str(run), "--train-split", "trainval", "--val-split", "none",
+            "--threshold-without-val", "0.4", "--epochs", "2", "--crop-px", "64", "--batch-size", "2",
+            "--num-workers", "0", "--device", "cpu", "--export", str(weights_out)]
+    stopped = CliRunner().invoke(cli, [*args, "--time-budget-min", "0.001"])  # stops before its first epoch
+    assert stopped.exit_code == 0, stopped.output
+    assert "a refit exports its last epoch once the schedule is done" in json.loads(stopped.stdout)["export"]
+    assert not weights_out.exists()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["finished"] and summary["best"]["epoch"] == 2 and summary["best"]["val"] is None
+    assert weights_out.is_file() and "fixed before training" in weights_out.with_suffix(".md").read_text()
+    bad = CliRunner().invoke(cli, [*args[:-2], "--threshold-without-val", "0"])
+    one_line_error(bad, "threshold_without_val", "got 0.0")
+
+
 def test_train_augmentation_options_fail_with_one_line(tmp_path: Path) -> None:
     for args, needle in ((["--scale-range", "2", "1"], "scale_range: expected 0 < low <= high, got (2.0, 1.0)"),
                          (["--p-target-crop", "1.5"], "p_target_crop: expected a probability in [0, 1], got 1.5"),

@@ -39,6 +39,11 @@ Recipe (ours; the paper's is not public, spec section 4)
   native resolution (zero-padded to a square multiple of 64, cropped back); thresholds
   ``eval_thresholds`` on the probability are swept and the best val IoU picks both the
   checkpoint (``best.pt``) and the threshold. The test split is never read here.
+* Refit (``val_split=None``): once a recipe has been chosen on val, the same recipe can be
+  trained again on train + val (``train_split="trainval"``) with nothing left to choose:
+  no evaluation runs, ``best.pt`` is the last epoch of the fixed schedule (written only
+  when the schedule is done) and the threshold is ``threshold_without_val``, fixed
+  beforehand. The test split is never read here either.
 
 Files in ``out_dir``
 --------------------
@@ -46,7 +51,8 @@ Files in ``out_dir``
     Everything needed to resume (model, its weight average, optimiser, scheduler, epoch,
     RNG states, best so far, config), written atomically at the end of each epoch.
 ``best.pt``
-    Model state of the best val IoU, its epoch, threshold and val metrics.
+    Model state of the best val IoU, its epoch, threshold and val metrics (without a val
+    split: the last epoch's, with ``val`` None).
 ``metrics.jsonl``
     One JSON object per epoch: epoch, step, loss, lr, seconds, and ``val`` (or null).
 
@@ -123,8 +129,14 @@ class TrainConfig:
         SIRST-layout data directory.
     out_dir : str
         Run directory: checkpoints and ``metrics.jsonl``.
-    train_split, val_split : str
-        Split names under ``data_dir/split_dir`` (or paths to ``.txt`` files).
+    train_split : str
+        Split name under ``data_dir/split_dir`` (or a path to a ``.txt`` file).
+    val_split : str or None
+        Split that chooses the checkpoint and threshold; None: a refit with nothing to
+        choose (see the module docstring), ``best.pt`` being the last epoch.
+    threshold_without_val : float
+        Without a val split, the probability threshold stored with the weights (fixed
+        beforehand, e.g. the one the recipe's run on train chose on val).
     split_dir : str
         Folder of split files.
     layout : str
@@ -201,7 +213,8 @@ class TrainConfig:
     data_dir: str
     out_dir: str
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = "val"
+    threshold_without_val: float = 0.5
     split_dir: str = "idx_427"
     layout: str = "spatial"
     input_scale: float = 2.0
@@ -266,6 +279,10 @@ class TrainConfig:
             raise bad("land_val_crops", "an integer >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "a decay in [0, 1)")
+        if not 0 < self.threshold_without_val < 1:
+            raise bad("threshold_without_val", "a probability in (0, 1)")
+        if self.val_split is None and self.land_val_crops:
+            raise bad("land_val_crops", "0 without a val split (its crops are made of val targets)")
         if self.synthetic.needs_rasters and not self.synthetic_backgrounds:
             raise bad("synthetic_backgrounds", "at least one raster when synthetic.p_synthetic > 0 and p_clutter < 1")
 
@@ -547,7 +564,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     last_path, best_path, metrics_path = out_dir / LAST, out_dir / BEST, out_dir / METRICS
 
     shared = sorted(set(read_split(cfg.data_dir, cfg.train_split, cfg.split_dir))
-                    & set(read_split(cfg.data_dir, cfg.val_split, cfg.split_dir)))
+                    & set(read_split(cfg.data_dir, cfg.val_split, cfg.split_dir))) if cfg.val_split else []
     if shared:
         raise TrainError(
             f"train config val_split: expected a split with no training image (it chooses the checkpoint "
@@ -558,7 +575,10 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     synthetic = None
     if cfg.synthetic.p_synthetic > 0:
         synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
-    val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir)
+    val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir) if cfg.val_split else None
+    if val_split is None:
+        log.info("no val split: a refit; best.pt will be the last of %d epochs, threshold %.2f",
+                 cfg.epochs, cfg.threshold_without_val)
     land_val = land_validation_crops(val_split, cfg.land_val_crops) if cfg.land_val_crops else []
     if cfg.batch_size > len(train_split) * cfg.epoch_repeats:
         raise TrainError(
@@ -646,7 +666,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     )
     log.info(
         "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s%s",
-        cfg.layout, cfg.data_dir, len(train_split), split_summary(train_split), len(val_split),
+        cfg.layout, cfg.data_dir, len(train_split), split_summary(train_split), len(val_split or ()),
         steps_per_epoch, start_epoch + 1, cfg.epochs, device,
         f" x {workers.world} processes" if workers.parallel else "",
     )
@@ -660,7 +680,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     stopped_by_budget = False
     epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        eval_due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        eval_due = val_split is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         spent = time.monotonic() - t_start
         expected = (max(epoch_times[-5:]) if epoch_times else 0.0) + (
             max(eval_times[-3:]) if eval_due and eval_times else 0.0
@@ -715,6 +735,11 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             "val": None,
         }
         if workers.main:  # the others wait: evaluation and files are process 0's
+            if val_split is None and epoch + 1 == cfg.epochs:  # a refit: the schedule's end is the result
+                chosen = average.model if average is not None else model
+                best = {"epoch": epoch + 1, "threshold": cfg.threshold_without_val, "val": None}
+                _atomic_save({"format": CHECKPOINT_FORMAT, "model": chosen.state_dict(), **best,
+                              "config": cfg.to_dict()}, best_path)
             if eval_due:
                 t_eval = time.monotonic()
                 chosen = average.model if average is not None else model
@@ -804,7 +829,7 @@ def _log_epoch(record: dict[str, Any], epochs: int, best: dict[str, Any] | None)
     land = record.get("land_val")
     if land:
         val_text += f" | land pd {land['pd']:.4f} fa {land['fa']:.2e}"
-    best_text = f" | best iou {best['val']['iou']:.4f} @ep{best['epoch']}" if best else ""
+    best_text = f" | best iou {best['val']['iou']:.4f} @ep{best['epoch']}" if best and best["val"] else ""
     log.info(
         "epoch %d/%d loss %.4f lr %.2e %.1fs%s%s",
         record["epoch"], epochs, record["loss"], record["lr"], record["train_s"], val_text, best_text,
@@ -827,7 +852,8 @@ def _synthetic_card_line(cfg: dict[str, Any]) -> str:
 
 def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any] | None) -> str:
     cfg = json.loads(meta["train_config"])
-    val = json.loads(meta["val_metrics"])
+    val = json.loads(meta["val_metrics"])  # None: a refit without a val split
+    chosen_by = "chosen on val" if val else "fixed before training; no val split"
     lines = [
         f"# Model card: {weights_path.name}",
         "",
@@ -837,12 +863,14 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"- Input: grey image, {meta['normalization']}; resized by **{meta['input_scale']}** (bilinear) before",
         "  the network, zero-padded to a square multiple of 64; probabilities cropped and resized back to",
         "  the input size (images over 1024 px after resizing are tiled). Any input size.",
-        f"- Output: per-pixel logit; target where sigmoid(logit) > **{meta['threshold']}** (chosen on val).",
+        f"- Output: per-pixel logit; target where sigmoid(logit) > **{meta['threshold']}** ({chosen_by}).",
         f"- Token layout: `{meta['layout']}`. Weights: float16 safetensors, loaded as float32.",
         "",
         "## Training",
         f"- Data: {meta['training_data']}",
-        f"- Epochs: best checkpoint at epoch {meta['epoch']}; {meta['epochs_trained']} of {cfg['epochs']} trained "
+        (f"- Epochs: best checkpoint at epoch {meta['epoch']}; " if val else
+         f"- Epochs: the last epoch ({meta['epoch']}) of a fixed schedule; ")
+        + f"{meta['epochs_trained']} of {cfg['epochs']} trained "
         f"(input scale {cfg['input_scale']}, crop {cfg['crop_px']} px, batch {cfg['batch_size']}, "
         f"{cfg['optimizer']} lr {cfg['lr']}, "
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
@@ -859,9 +887,10 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",
         "| split | IoU | nIoU | Pd | Fa | images | targets |",
         "|---|---|---|---|---|---|---|",
-        f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | "
-        f"{val['fa']:.3e} | | {val['n_targets']} |",
     ]
+    if val:
+        lines.append(f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | "
+                     f"{val['fa']:.3e} | | {val['n_targets']} |")
     if report:
         lines.append(
             f"| {report['split']} (report, exported fp16 weights) | {report['iou']:.4f} | {report['niou']:.4f} | "
@@ -871,8 +900,10 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         "",
         "Metrics: standard IRSTD definitions at native resolution (spec section 5): IoU summed over the",
         "set, nIoU mean per image, Pd with 8-connected components matched when centroids are < 3 px",
-        "apart, Fa = unmatched predicted pixels / all pixels. The checkpoint and the threshold were",
-        "chosen on val only; the test split was not used for any choice.",
+        "apart, Fa = unmatched predicted pixels / all pixels. "
+        + ("The checkpoint and the threshold were chosen on val only; the test split was not used for any choice."
+           if val else "No split chose anything: the epoch (the schedule's last) and the threshold were fixed "
+           "before training, and the test split was not used for any choice."),
         "",
         "## Licence and data",
         "The SIRST data (Dai et al., \"Asymmetric Contextual Modulation for Infrared Small Target",
@@ -953,7 +984,8 @@ def export(
         "normalization": NORMALISATION,
         "training_data": (
             f"SIRST (Dai et al., WACV 2021), split {cfg.split_dir}/{cfg.train_split}; "
-            f"checkpoint and threshold chosen on {cfg.split_dir}/{cfg.val_split}"
+            + (f"checkpoint and threshold chosen on {cfg.split_dir}/{cfg.val_split}" if cfg.val_split else
+               "no val split: the last epoch of a fixed schedule, the threshold fixed beforehand")
         ),
         "val_metrics": json.dumps(val),
         "epoch": str(ckpt["epoch"]),

@@ -56,7 +56,10 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--input-scale", type=float, help="Images are resized by this before the network (stored with the weights). [2]")
 @click.option("--epoch-repeats", type=int, help="Passes over the train split per epoch. [1]")
 @click.option("--train-split", help="Split used for training. [train]")
-@click.option("--val-split", help="Split that chooses checkpoint and threshold. [val]")
+@click.option("--val-split", help="Split that chooses checkpoint and threshold; 'none': a refit (e.g. on "
+                                   "--train-split trainval) whose result is the last epoch. [val]")
+@click.option("--threshold-without-val", type=float,
+              help="With --val-split none: the threshold stored with the weights, fixed beforehand. [0.5]")
 @click.option("--split-dir", help="Folder of split files under DATA_DIR. [idx_427]")
 @click.option("--device", help="auto, cpu, cuda, cuda:N. [auto]")
 @click.option("--num-workers", type=int, help="DataLoader workers. [8]")
@@ -98,11 +101,14 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
     if export_only and export_path is None:
         raise click.UsageError("--export-only needs --export PATH")
     summary: dict[str, object] = {}
+    refit = str(options.get("val_split") or "").lower() == "none"
     if not export_only:
         from mim_model.training.data import Augment
         from mim_model.training.synthetic import SyntheticSpec
 
         overrides = {k: v for k, v in options.items() if v is not None}
+        if refit:
+            overrides["val_split"] = None
         synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter") if k in overrides}
         if synthetic:
             overrides["synthetic"] = _settings(SyntheticSpec, "--p-synthetic/--p-clutter", synthetic)
@@ -121,5 +127,6 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
             summary["export"] = export(out_dir / "best.pt", export_path, report_split=report_split,
                                        device=str(options.get("device") or "auto"))
         else:
-            summary["export"] = "nothing yet: no evaluation on val has run; train longer"
+            summary["export"] = ("nothing yet: a refit exports its last epoch once the schedule is done; resume it"
+                                 if refit else "nothing yet: no evaluation on val has run; train longer")
     click.echo(json.dumps(summary, indent=2, default=str))

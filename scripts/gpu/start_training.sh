@@ -17,7 +17,8 @@
 # budget has stopped it, bash scripts/gpu/save_run.sh sends it home in two calls (4 pieces a
 # call; copy $OUT's files to .gpu/ckpt/); on the next machine setup_device.sh restores it and
 # the same command resumes it. NO_EXPORT=1 skips the export (and its test report) for a part
-# of a run that will be resumed. NPROC=4 trains on 4 GPUs of one machine (torchrun; the same
+# of a run that will be resumed; REPORT_SPLIT= (empty) exports without the test report (when
+# several candidates are exported and one will be chosen on val). NPROC=4 trains on 4 GPUs of one machine (torchrun; the same
 # recipe: --batch-size is the crops of one step over all GPUs; --num-workers is per GPU).
 # Run 6 (docs/benchmarks.md), from scratch, resumed so:
 #   NO_EXPORT=1 bash scripts/gpu/start_training.sh 23 --crop-px 512 --batch-size 16 --lr 2e-3 \
@@ -47,7 +48,8 @@ mkdir -p "$root"
 export PYTHONPATH=/root/site:$code PYTHONUNBUFFERED=1
 rm -rf "$code" && cp -r "$PWD" "$code"   # the checkout may be replaced by the next call
 cd "$code"
-export_args=(--export "$export_dir/mim_sirst.safetensors" --report-split test)
+report_split=${REPORT_SPLIT-test}     # REPORT_SPLIT= : export without evaluating any split
+export_args=(--export "$export_dir/mim_sirst.safetensors" ${report_split:+--report-split "$report_split"})
 [ "${NO_EXPORT:-0}" = 1 ] && export_args=()
 python=${PYTHON:-python3}
 launcher=("$python" -m pipeline.cli.main)

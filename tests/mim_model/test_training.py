@@ -248,6 +248,49 @@ def test_a_val_split_that_shares_training_images_is_refused(tiny_sirst: Path, tm
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+@needs_sirst
+def test_a_refit_without_val_keeps_the_last_epoch_and_the_fixed_threshold(tiny_sirst: Path, tmp_path: Path) -> None:
+    """Train + val with nothing to choose: no evaluation, best.pt only once the schedule is done."""
+    val_ids = (tiny_sirst / "idx_427" / "val.txt").read_text().split()
+    train_ids = (tiny_sirst / "idx_427" / "train.txt").read_text().split()
+    (tiny_sirst / "idx_427" / "trainval.txt").write_text("\n".join(train_ids + val_ids) + "\n")
+    refit = _config(tiny_sirst, tmp_path / "r", train_split="trainval", val_split=None, threshold_without_val=0.35,
+                    epochs=2, eval_every=1, ema_decay=0.9)
+    half = train(refit, max_epochs_this_run=1)
+    assert half["epochs_done"] == 1 and half["best"] is None
+    assert not (tmp_path / "r" / "best.pt").exists()  # an unfinished refit has no result yet
+    with pytest.raises(TrainError, match="best.pt"):
+        export(tmp_path / "r" / "best.pt", tmp_path / "w" / "m.safetensors")
+    done = train(refit)
+    assert done["finished"] and done["best"] == {"epoch": 2, "threshold": 0.35, "val": None}
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val"] for r in records] == [None, None]  # eval_every=1, yet nothing was evaluated
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert best["epoch"] == 2 and best["val"] is None
+    for name, value in last["ema_model"].items():  # the weight average of the last epoch
+        torch.testing.assert_close(best["model"][name], value, msg=name)
+    # 6 training images: 3 steps of 2 crops an epoch (train alone has 4: 2 steps)
+    assert last["global_step"] == 6
+
+    from mim_model.weights import read_metadata
+
+    out = export(tmp_path / "r" / "best.pt", tmp_path / "w" / "m.safetensors")
+    meta = read_metadata(out["weights"])
+    assert meta["threshold"] == "0.3500" and json.loads(meta["val_metrics"]) is None
+    assert "trainval" in meta["training_data"] and "no val split" in meta["training_data"]
+    card = Path(out["card"]).read_text()
+    assert "fixed before training; no val split" in card and "(selection)" not in card
+    assert "the last epoch (2) of a fixed schedule" in card
+
+
+def test_a_refit_refuses_land_val_crops() -> None:
+    with pytest.raises(TrainError, match="land_val_crops: expected 0 without a val split"):
+        TrainConfig(data_dir="d", out_dir="o", val_split=None, land_val_crops=8)
+    with pytest.raises(TrainError, match="threshold_without_val: expected a probability in \\(0, 1\\), got 1.5"):
+        TrainConfig(data_dir="d", out_dir="o", val_split=None, threshold_without_val=1.5)
+
+
 def test_config_validation() -> None:
     with pytest.raises(TrainError, match="crop_px: expected a positive multiple of 64, got 100"):
         TrainConfig(data_dir="d", out_dir="o", crop_px=100)

@@ -38,9 +38,12 @@ def test_two_named_runs_side_by_side(tmp_path: Path) -> None:
            "NO_EXPORT": "1"}
     common = ["--epochs", "1", "--eval-every", "1", "--crop-px", "64", "--batch-size", "2",
               "--num-workers", "0", "--device", "cpu"]
+    # b exports its weights without a test report (REPORT_SPLIT empty), a exports nothing
+    extra_env = {"a": {}, "b": {"NO_EXPORT": "0", "REPORT_SPLIT": ""}}
     for name, lr in (("a", "1e-3"), ("b", "2e-3")):
         started = subprocess.run(["bash", str(SCRIPT), "5", *common, "--lr", lr], cwd=checkout,
-                                 env={**env, "RUN_NAME": name}, capture_output=True, text=True, check=False)
+                                 env={**env, "RUN_NAME": name, **extra_env[name]}, capture_output=True, text=True,
+                                 check=False)
         assert started.returncode == 0, started.stderr
         assert f"training {name} started" in started.stdout and f"{root}/{name}.log" in started.stdout
     deadline = time.monotonic() + 300
@@ -54,6 +57,10 @@ def test_two_named_runs_side_by_side(tmp_path: Path) -> None:
         assert summary["finished"] and summary["last_checkpoint"] == str(root / name / "last.pt")
         assert torch.load(root / name / "last.pt", weights_only=True)["config"]["lr"] == lr
         assert (root / f"code-{name}" / "pipeline").exists()
+    assert not (root / "a-export").exists()
+    card = (root / "b-export" / "mim_sirst.md").read_text()
+    assert (root / "b-export" / "mim_sirst.safetensors").is_file() and "(report" not in card
+    assert summaries["b"]["export"]["report"] is None
     assert not (root / "run").exists() and not (root / "train.log").exists()
 
 
