@@ -176,6 +176,8 @@ def test_a_refit_through_the_cli_exports_its_last_epoch(tmp_path: Path) -> None:
     assert weights_out.is_file() and "fixed before training" in weights_out.with_suffix(".md").read_text()
     bad = CliRunner().invoke(cli, [*args[:-2], "--threshold-without-val", "0"])
     one_line_error(bad, "threshold_without_val", "got 0.0")
+    with_val = CliRunner().invoke(cli, ["train", str(data), "--out", str(run), "--threshold-without-val", "0.4"])
+    one_line_error(with_val, "--threshold-without-val", "got --val-split val")
 
 
 def test_train_augmentation_options_fail_with_one_line(tmp_path: Path) -> None:

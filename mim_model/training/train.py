@@ -194,7 +194,7 @@ class TrainConfig:
         depend on it; the network then learns the new scale): for moving weights to a
         finer input scale without training from scratch.
     synthetic_backgrounds : tuple of str
-        Satellite IR rasters for synthetic crops (train-split targets pasted onto them).
+        Satellite IR rasters for synthetic crops (targets of ``train_split`` pasted onto them).
     synthetic : SyntheticSpec
         Share and make-up of the synthetic crops (``p_synthetic`` 0: none).
     land_val_crops : int
@@ -416,6 +416,11 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]
 
 
 def _git_commit() -> str:
+    """The code's commit for the weights' metadata: ``IRSCAN_GIT_COMMIT`` when set (a copy of a
+    checkout whose ``.git`` is stale, as on the lent GPU machines), else ``git rev-parse HEAD``
+    (with ``-dirty`` for uncommitted changes to tracked files)."""
+    if os.environ.get("IRSCAN_GIT_COMMIT"):
+        return os.environ["IRSCAN_GIT_COMMIT"]
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
@@ -427,7 +432,7 @@ def _git_commit() -> str:
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("IRSCAN_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def build_model(layout: str) -> nn.Module:
@@ -735,14 +740,13 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             "val": None,
         }
         if workers.main:  # the others wait: evaluation and files are process 0's
+            chosen = average.model if average is not None else model
             if val_split is None and epoch + 1 == cfg.epochs:  # a refit: the schedule's end is the result
-                chosen = average.model if average is not None else model
                 best = {"epoch": epoch + 1, "threshold": cfg.threshold_without_val, "val": None}
                 _atomic_save({"format": CHECKPOINT_FORMAT, "model": chosen.state_dict(), **best,
                               "config": cfg.to_dict()}, best_path)
             if eval_due:
                 t_eval = time.monotonic()
-                chosen = average.model if average is not None else model
                 sweep = evaluate_split(
                     chosen, val_split, device=device, thresholds=cfg.eval_thresholds, amp=cfg.amp,
                     batch_size=cfg.eval_batch_size, scale=cfg.input_scale,
@@ -846,7 +850,7 @@ def _synthetic_card_line(cfg: dict[str, Any]) -> str:
     clutter = float(syn.get("p_clutter", 0.0))
     if clutter > 0:
         onto = [f"procedural land clutter ({clutter:.0%} of them)"] + onto
-    return (f"- Synthetic crops: {syn['p_synthetic']:.0%} of the crops are train-split targets pasted onto "
+    return (f"- Synthetic crops: {syn['p_synthetic']:.0%} of the crops are {cfg['train_split']}-split targets pasted onto "
             f"{', '.join(onto)} (peak contrast {tuple(syn['contrast_range'])}, up to {syn['max_targets']} targets).")
 
 
@@ -885,17 +889,20 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
         "",
         "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",
-        "| split | IoU | nIoU | Pd | Fa | images | targets |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     if val:
-        lines.append(f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | "
-                     f"{val['fa']:.3e} | | {val['n_targets']} |")
+        rows.append(f"| {cfg['val_split']} (selection) | {val['iou']:.4f} | {val['niou']:.4f} | {val['pd']:.4f} | "
+                    f"{val['fa']:.3e} | | {val['n_targets']} |")
     if report:
-        lines.append(
+        rows.append(
             f"| {report['split']} (report, exported fp16 weights) | {report['iou']:.4f} | {report['niou']:.4f} | "
             f"{report['pd']:.4f} | {report['fa']:.3e} | {report['n_images']} | {report['n_targets']} |"
         )
+    if rows:
+        lines += ["| split | IoU | nIoU | Pd | Fa | images | targets |", "|---|---|---|---|---|---|---|", *rows]
+    else:
+        lines.append("No split was evaluated at export (`irscan evaluate DATA --weights W` scores them).")
     lines += [
         "",
         "Metrics: standard IRSTD definitions at native resolution (spec section 5): IoU summed over the",

@@ -95,7 +95,7 @@ def _show_progress(ctx: click.Context) -> None:
 def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, export_path: Path | None,
             export_only: bool, report_split: str | None, **options: object) -> None:
     """Train MiM-ISTD on DATA_DIR (images/, masks/, idx_427/*.txt); resume from --out."""
-    from mim_model.training.train import TrainConfig, export, train
+    from mim_model.training.train import TrainConfig, TrainError, export, train
 
     _show_progress(ctx)
     if export_only and export_path is None:
@@ -109,6 +109,9 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         overrides = {k: v for k, v in options.items() if v is not None}
         if refit:
             overrides["val_split"] = None
+        elif "threshold_without_val" in overrides:
+            raise TrainError("train option --threshold-without-val: expected --val-split none (a val split chooses "
+                             f"the threshold), got --val-split {options.get('val_split') or 'val'}")
         synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter") if k in overrides}
         if synthetic:
             overrides["synthetic"] = _settings(SyntheticSpec, "--p-synthetic/--p-clutter", synthetic)

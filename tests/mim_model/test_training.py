@@ -249,7 +249,9 @@ def test_a_val_split_that_shares_training_images_is_refused(tiny_sirst: Path, tm
 
 
 @needs_sirst
-def test_a_refit_without_val_keeps_the_last_epoch_and_the_fixed_threshold(tiny_sirst: Path, tmp_path: Path) -> None:
+def test_a_refit_without_val_keeps_the_last_epoch_and_the_fixed_threshold(
+    tiny_sirst: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Train + val with nothing to choose: no evaluation, best.pt only once the schedule is done."""
     val_ids = (tiny_sirst / "idx_427" / "val.txt").read_text().split()
     train_ids = (tiny_sirst / "idx_427" / "train.txt").read_text().split()
@@ -275,13 +277,16 @@ def test_a_refit_without_val_keeps_the_last_epoch_and_the_fixed_threshold(tiny_s
 
     from mim_model.weights import read_metadata
 
+    monkeypatch.setenv("IRSCAN_GIT_COMMIT", "0123abc")  # a machine whose copy of .git is stale says which
     out = export(tmp_path / "r" / "best.pt", tmp_path / "w" / "m.safetensors")
     meta = read_metadata(out["weights"])
+    assert meta["git_commit"] == "0123abc"
     assert meta["threshold"] == "0.3500" and json.loads(meta["val_metrics"]) is None
     assert "trainval" in meta["training_data"] and "no val split" in meta["training_data"]
     card = Path(out["card"]).read_text()
     assert "fixed before training; no val split" in card and "(selection)" not in card
     assert "the last epoch (2) of a fixed schedule" in card
+    assert "No split was evaluated at export" in card and "| split |" not in card
 
 
 def test_a_refit_refuses_land_val_crops() -> None:
