@@ -9,7 +9,34 @@ the whole batch tensor, not per image::
 ``softiou+bce`` adds ``bce_weight`` times the mean binary cross-entropy on the logits. It
 is kept as an option: in H100 trials it made the network start finding targets much
 later than SoftIoU alone (BCE first drives every pixel towards background), so the
-default is ``softiou``. Both are computed in float32.
+default is ``softiou``.
+
+``softiou-image`` is SoftIoU per image (crop), averaged over the batch: every crop weighs
+the same whatever the size of its targets, as in nIoU (the batch-level form lets the
+largest targets dominate). A crop without targets scores ``1 / (sum(p) + 1)``: it is
+pushed to predict nothing.
+
+``sls`` is a scale- and location-sensitive loss after Liu et al., "Infrared Small Target
+Detection with Scale and Location Sensitivity" (CVPR 2024; MSHNet). Per image with
+``I = sum(p*y)``, ``P = sum(p)``, ``G = sum(y)``::
+
+    iou   = (I + 1) / (P + G - I + 1)
+    d     = ((P - G) / 2) ** 2
+    alpha = (min(P, G) + d) / (max(P, G) + d)       # 1 for a crop without targets
+    scale = 1 - mean(alpha * iou)
+    loc   = mean over crops of (0 for a crop without targets)
+            1 - min(r_p, r_g) / max(r_p, r_g) + 4 / pi**2 * (theta_p - theta_g) ** 2
+
+where ``(r, theta)`` are the polar coordinates of the centroid of ``p`` (of ``y``) in
+coordinates normalised to [0, 1) by the crop's width and height; the loss is
+``scale + loc``. Differences from the paper's code, ours: centroids are divided by the
+mass (its code takes ``mean(x * p)``, which also grows with the mass), ``alpha`` is 1 for
+a crop without targets (in the paper's form the loss would then fall as the prediction
+grows: false alarms would be rewarded), and there is no warm-up epoch of plain IoU.
+
+The per-image losses need no sums over processes in data-parallel training: each process
+averages over its equal share of the crops, and the averaging of gradients gives the mean
+over the whole batch. All losses are computed in float32.
 """
 
 from __future__ import annotations
@@ -19,9 +46,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_iou_loss", "make_loss", "LOSSES"]
+__all__ = ["soft_iou_loss", "per_image_soft_iou_loss", "sls_loss", "make_loss", "LOSSES"]
 
-LOSSES = ("softiou", "softiou+bce")
+LOSSES = ("softiou", "softiou+bce", "softiou-image", "sls")
 
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -58,12 +85,79 @@ def soft_iou_loss(
     return 1.0 - (inter + smooth) / (total - inter + smooth)
 
 
+def _per_image_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``p``, ``y`` and per-image ``I = sum(p*y)``, ``P = sum(p)``, ``G = sum(y)`` in float32."""
+    p = torch.sigmoid(logits.float())
+    y = target.float()
+    return p, y, (p * y).sum(dim=(1, 2, 3)), p.sum(dim=(1, 2, 3)), y.sum(dim=(1, 2, 3))
+
+
+def per_image_soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """SoftIoU per image, ``1 - mean((I + smooth) / (P + G - I + smooth))`` (module docstring).
+
+    Parameters
+    ----------
+    logits, target : torch.Tensor, shape (B, 1, H, W)
+        Network output (before the sigmoid) and 0/1 mask.
+    smooth : float
+        Added to numerator and denominator.
+
+    Returns
+    -------
+    torch.Tensor, scalar float32
+    """
+    _, _, inter, pred, true = _per_image_sums(logits, target)
+    return 1.0 - ((inter + smooth) / (pred + true - inter + smooth)).mean()
+
+
+def _polar_centroid(weights: torch.Tensor, mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radius and angle of the centroid of ``weights`` (B, 1, H, W) in [0, 1) coordinates."""
+    _, _, h, w = weights.shape
+    ys = torch.arange(h, dtype=weights.dtype, device=weights.device).view(1, 1, h, 1) / h
+    xs = torch.arange(w, dtype=weights.dtype, device=weights.device).view(1, 1, 1, w) / w
+    mass = mass.clamp_min(1e-6)
+    cx = (weights * xs).sum(dim=(1, 2, 3)) / mass
+    cy = (weights * ys).sum(dim=(1, 2, 3)) / mass
+    return torch.sqrt(cx * cx + cy * cy + 1e-12), torch.atan2(cy, cx)
+
+
+def sls_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Scale- and location-sensitive loss (module docstring), float32.
+
+    Parameters
+    ----------
+    logits, target : torch.Tensor, shape (B, 1, H, W)
+        Network output (before the sigmoid) and 0/1 mask.
+    smooth : float
+        Added to numerator and denominator of each image's IoU.
+
+    Returns
+    -------
+    torch.Tensor, scalar float32
+    """
+    p, y, inter, pred, true = _per_image_sums(logits, target)
+    iou = (inter + smooth) / (pred + true - inter + smooth)
+    spread = ((pred - true) / 2) ** 2
+    alpha = (torch.minimum(pred, true) + spread) / (torch.maximum(pred, true) + spread)
+    has_target = true > 0
+    alpha = torch.where(has_target, alpha, torch.ones_like(alpha))
+    r_pred, theta_pred = _polar_centroid(p, pred)
+    r_true, theta_true = _polar_centroid(y, true)
+    location = (1.0 - torch.minimum(r_pred, r_true) / torch.maximum(r_pred, r_true)
+                + 4.0 / torch.pi**2 * (theta_pred - theta_true) ** 2)
+    # a plain mean over all crops (not over those with targets): a share of the batch then
+    # gives 1 / shares of the whole batch's gradient, as data-parallel training needs
+    location = torch.where(has_target, location, torch.zeros_like(location))
+    return 1.0 - (alpha * iou).mean() + location.mean()
+
+
 def make_loss(
     name: str, bce_weight: float = 0.5, reduce_sums: SumReducer | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss function called ``name`` (one of :data:`LOSSES`); ``reduce_sums`` as in
-    :func:`soft_iou_loss` (the BCE term is a per-process mean: data-parallel training
-    averages its gradients, which gives the mean over the whole batch).
+    :func:`soft_iou_loss` (the BCE term and the per-image losses are per-process means:
+    data-parallel training averages their gradients, which gives the mean over the whole
+    batch).
 
     Raises
     ------
@@ -83,4 +177,8 @@ def make_loss(
             return soft_iou_loss(logits, target, reduce_sums=reduce_sums) + bce_weight * bce
 
         return softiou_bce
+    if name == "softiou-image":
+        return per_image_soft_iou_loss
+    if name == "sls":
+        return sls_loss
     raise ValueError(f"loss: expected one of {LOSSES}, got {name!r}")

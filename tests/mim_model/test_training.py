@@ -21,7 +21,7 @@ from mim_model.training.data import (
     read_split,
 )
 from mim_model.training.inference import axis_tiles, padded_side, predict_probs
-from mim_model.training.loss import make_loss, soft_iou_loss
+from mim_model.training.loss import make_loss, per_image_soft_iou_loss, sls_loss, soft_iou_loss
 from mim_model.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from mim_model.training.train import TrainConfig, TrainError, _lr_lambda, export, train
 from tests.mim_model.sirst_crops import needs_sirst
@@ -400,3 +400,92 @@ def test_weight_average_is_what_is_chosen_and_survives_resume(tiny_sirst: Path, 
     card = export(tmp_path / "a" / "best.pt", tmp_path / "w" / "ema.safetensors")["card"]
     assert ("a moving average of the trained weights (decay 0.5 per step, lower in the first steps: "
             "min(decay, (1 + t) / (10 + t)))." in Path(card).read_text())
+
+
+# --------------------------------------------------------------------------- per-image losses
+
+
+def _two_crops() -> torch.Tensor:
+    """A 3 x 3 target in the first crop of two (16 x 16), none in the second."""
+    y = torch.zeros(2, 1, 16, 16)
+    y[0, 0, 6:9, 6:9] = 1
+    return y
+
+
+def test_per_image_soft_iou_weighs_each_crop_the_same() -> None:
+    y = _two_crops()
+    # zero logits: p = 0.5 everywhere; crop 0: I = 4.5, P = 128, G = 9; crop 1: I = 0, P = 128, G = 0
+    expected = 1 - (5.5 / (128 + 9 - 4.5 + 1) + 1 / (128 + 1)) / 2
+    assert make_loss("softiou-image")(torch.zeros_like(y), y).item() == pytest.approx(expected, rel=1e-6)
+    assert make_loss("softiou-image")(torch.where(y > 0, 30.0, -30.0), y).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _sls_by_hand(p: np.ndarray, y: np.ndarray) -> float:
+    """The sls formula of mim_model.training.loss, one crop at a time, in float64."""
+    scale_terms, location_terms = [], []
+    for pi, yi in zip(p[:, 0].astype(np.float64), y[:, 0].astype(np.float64), strict=True):
+        inter, pred, true = (pi * yi).sum(), pi.sum(), yi.sum()
+        iou = (inter + 1) / (pred + true - inter + 1)
+        spread = ((pred - true) / 2) ** 2
+        alpha = (min(pred, true) + spread) / (max(pred, true) + spread) if true > 0 else 1.0
+        scale_terms.append(alpha * iou)
+        if true == 0:
+            location_terms.append(0.0)
+            continue
+        rows, cols = np.mgrid[0 : pi.shape[0], 0 : pi.shape[1]]
+        polar = []
+        for weights in (pi, yi):
+            cx = (weights * cols / pi.shape[1]).sum() / weights.sum()
+            cy = (weights * rows / pi.shape[0]).sum() / weights.sum()
+            polar.append((np.hypot(cx, cy), np.arctan2(cy, cx)))
+        (r_p, t_p), (r_g, t_g) = polar
+        location_terms.append(1 - min(r_p, r_g) / max(r_p, r_g) + 4 / np.pi**2 * (t_p - t_g) ** 2)
+    return 1 - float(np.mean(scale_terms)) + float(np.mean(location_terms))
+
+
+def test_sls_loss_matches_its_formula_and_is_zero_for_a_perfect_mask() -> None:
+    y = _two_crops()
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(y.shape, generator=gen) * 2
+    expected = _sls_by_hand(torch.sigmoid(logits).numpy(), y.numpy())
+    assert make_loss("sls")(logits, y).item() == pytest.approx(expected, rel=1e-5)
+    assert make_loss("sls")(torch.where(y > 0, 30.0, -30.0), y).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sls_location_term_prefers_a_prediction_centred_on_the_target() -> None:
+    """Two predictions of the same area and overlap (so the same IoU and scale weight): the
+    one grown evenly around the target costs less than the one grown to one side."""
+    y = _two_crops()[:1]
+    even = torch.full_like(y, -30.0)
+    even[0, 0, 5:10, 6:9] = 30.0  # one row above and one below
+    one_side = torch.full_like(y, -30.0)
+    one_side[0, 0, 6:11, 6:9] = 30.0  # two rows below
+    assert per_image_soft_iou_loss(even, y).item() == pytest.approx(per_image_soft_iou_loss(one_side, y).item())
+    assert sls_loss(one_side, y).item() > sls_loss(even, y).item() + 1e-3
+
+
+@pytest.mark.parametrize("name", ["softiou-image", "sls"])
+def test_per_image_losses_push_target_free_crops_to_nothing_and_shard_evenly(name: str) -> None:
+    y = _two_crops()
+    logits = torch.zeros_like(y, requires_grad=True)
+    make_loss(name)(logits, y).backward()
+    assert bool((logits.grad[1] > 0).all())  # raising any logit of the empty crop raises the loss
+    # data-parallel training: each process takes half the crops and the gradients are averaged
+    gen = torch.Generator().manual_seed(4)
+    batch = torch.randn(4, 1, 16, 16, generator=gen)
+    target = torch.cat([_two_crops(), _two_crops().flip(-1)])
+    whole = batch.clone().requires_grad_(True)
+    make_loss(name)(whole, target).backward()
+    for share in (slice(0, 2), slice(2, 4)):
+        part = batch[share].clone().requires_grad_(True)
+        make_loss(name)(part, target[share]).backward()
+        torch.testing.assert_close(part.grad / 2, whole.grad[share], rtol=1e-5, atol=1e-8)
+
+
+@needs_sirst
+def test_training_runs_with_the_per_image_losses(tiny_sirst: Path, tmp_path: Path) -> None:
+    for name in ("softiou-image", "sls"):
+        out = train(_config(tiny_sirst, tmp_path / name, loss=name, epochs=1, eval_every=1))
+        assert out["finished"] and np.isfinite(out["best"]["val"]["iou"])
+        record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        assert np.isfinite(record["loss"]) and torch.load(tmp_path / name / "last.pt", weights_only=True)["config"]["loss"] == name
