@@ -85,11 +85,13 @@ def soft_iou_loss(
     return 1.0 - (inter + smooth) / (total - inter + smooth)
 
 
-def _per_image_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``p``, ``y`` and per-image ``I = sum(p*y)``, ``P = sum(p)``, ``G = sum(y)`` in float32."""
+def _per_image_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> tuple[torch.Tensor, ...]:
+    """``p``, ``y`` (float32), each image's soft IoU ``(I + smooth) / (P + G - I + smooth)``,
+    and its ``P = sum(p)`` and ``G = sum(y)``."""
     p = torch.sigmoid(logits.float())
     y = target.float()
-    return p, y, (p * y).sum(dim=(1, 2, 3)), p.sum(dim=(1, 2, 3)), y.sum(dim=(1, 2, 3))
+    inter, pred, true = (p * y).sum(dim=(1, 2, 3)), p.sum(dim=(1, 2, 3)), y.sum(dim=(1, 2, 3))
+    return p, y, (inter + smooth) / (pred + true - inter + smooth), pred, true
 
 
 def per_image_soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -106,8 +108,7 @@ def per_image_soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, smooth: 
     -------
     torch.Tensor, scalar float32
     """
-    _, _, inter, pred, true = _per_image_sums(logits, target)
-    return 1.0 - ((inter + smooth) / (pred + true - inter + smooth)).mean()
+    return 1.0 - _per_image_iou(logits, target, smooth)[2].mean()
 
 
 def _polar_centroid(weights: torch.Tensor, mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +136,7 @@ def sls_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
     -------
     torch.Tensor, scalar float32
     """
-    p, y, inter, pred, true = _per_image_sums(logits, target)
-    iou = (inter + smooth) / (pred + true - inter + smooth)
+    p, y, iou, pred, true = _per_image_iou(logits, target, smooth)
     spread = ((pred - true) / 2) ** 2
     alpha = (torch.minimum(pred, true) + spread) / (torch.maximum(pred, true) + spread)
     has_target = true > 0
