@@ -4,7 +4,7 @@
 # At the end it exports best.pt (chosen on val) to /root/train/export/ with a card that also
 # reports the test split (for the card only: nothing is chosen on test).
 #   bash scripts/gpu/start_training.sh MINUTES [irscan-train options...]
-# Run 3, the packaged weights (H200, 16 min; docs/benchmarks.md): fine-tuning with synthetic
+# Run 3, the packaged weights until run 8 (H200, 16 min; docs/benchmarks.md): fine-tuning with synthetic
 # crops on procedural land clutter and two Landsat thermal crops carried in .gpu/data:
 #   G=/root/data/geo-ir-samples
 #   bash scripts/gpu/start_training.sh 16 --init-weights mim_model/weights/mim_sirst.safetensors \
@@ -18,8 +18,10 @@
 # call; copy $OUT's files to .gpu/ckpt/); on the next machine setup_device.sh restores it and
 # the same command resumes it. NO_EXPORT=1 skips the export (and its test report) for a part
 # of a run that will be resumed; REPORT_SPLIT= (empty) exports without the test report (when
-# several candidates are exported and one will be chosen on val). NPROC=4 trains on 4 GPUs of one machine (torchrun; the same
-# recipe: --batch-size is the crops of one step over all GPUs; --num-workers is per GPU).
+# several candidates are exported and one will be chosen on val). NPROC=4 trains on 4 GPUs of
+# one machine (torchrun; the same recipe: --batch-size is the crops of one step over all GPUs;
+# --num-workers is per GPU). The packaged weights (run 8) came from run 3's recipe refit on
+# train + val: the command is in mim_model/weights/mim_sirst.md.
 # Run 6 (docs/benchmarks.md), from scratch, resumed so:
 #   NO_EXPORT=1 bash scripts/gpu/start_training.sh 23 --crop-px 512 --batch-size 16 --lr 2e-3 \
 #     --warmup-epochs 10 --epochs 800 --eval-every 10 --num-workers 14 --ema-decay 0.999 \
