@@ -143,7 +143,8 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     run, weights_out = tmp_path / "run", tmp_path / "w" / "mim.safetensors"
     args = ["train", str(data), "--out", str(run), "--epochs", "1", "--eval-every", "1", "--crop-px", "64",
             "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--export", str(weights_out),
-            "--scale-range", "0.9", "1.1", "--p-target-crop", "1", "--p-clutter", "0.5"]
+            "--scale-range", "0.9", "1.1", "--p-target-crop", "1", "--p-clutter", "0.5",
+            "--synthetic-paste", "native"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -155,7 +156,7 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     assert tuple(augment["scale_range"]) == (0.9, 1.1) and augment["p_target_crop"] == 1.0
     assert augment["flips"] is True  # the other augmentations keep their defaults
     synthetic = torch.load(run / "last.pt", weights_only=True)["config"]["synthetic"]
-    assert synthetic["p_clutter"] == 0.5 and synthetic["p_synthetic"] == 0.0
+    assert synthetic["p_clutter"] == 0.5 and synthetic["p_synthetic"] == 0.0 and synthetic["paste_at"] == "native"
 
 
 @needs_sirst

@@ -11,10 +11,15 @@ is made here instead:
    percentiles, as ``irscan scan`` normalises a scene by default; then rescaled like a
    SIRST crop (the network's input scale times a log-uniform factor) and flipped or turned;
 2. 1 to ``max_targets`` targets: connected components of the *train* split's masks with
-   their intensity profile over the local background (``TargetChip``), rescaled by the same
-   factor, pasted at random places with a peak contrast drawn uniformly from
-   ``contrast_range`` (fractions of the [0, 1] range) above the local background; the mask
-   is the chips' masks.
+   their intensity profile over the local background (``TargetChip``), pasted at random
+   places with a peak contrast drawn uniformly from ``contrast_range`` (fractions of the
+   [0, 1] range) above the local background; the mask is the chips' masks. Where they are
+   pasted is ``paste_at``: ``"network"`` rescales each chip by the crop's factor and pastes
+   it onto the already rescaled background (runs 1-14), so a target's edges are as sharp
+   as the network's pixels while the background's are blurred by the rescaling;
+   ``"native"`` pastes the chips at the background's own resolution and rescales the
+   composite (image bilinear, mask bilinear > 0.5), as a scanned scene with a real target
+   reaches the network: target and ground blurred alike, no edge to tell them apart by.
 
 Keep the backgrounds used for training apart from those of any evaluation scene
 (the scan accuracy test uses the Sentinel-2 B12 crop of the shared data).
@@ -37,6 +42,7 @@ from mim_model.training.preprocess import STRETCH_PCT
 
 __all__ = [
     "LAND_VAL_SPEC",
+    "PASTE_AT",
     "SyntheticSource",
     "SyntheticSpec",
     "TargetChip",
@@ -48,6 +54,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+
+#: Where synthetic targets are pasted: onto the rescaled crop, or at native resolution.
+PASTE_AT = ("network", "native")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,12 +75,17 @@ class SyntheticSpec:
     p_clutter : float
         Share of the synthetic crops drawn on procedural land clutter instead of a raster
         background (1: rasters are not needed).
+    paste_at : {"network", "native"}
+        Paste the chips onto the background rescaled to the network's input (``"network"``)
+        or at the background's own resolution before the rescaling (``"native"``, as a
+        real scene is scanned); see the module docstring.
     """
 
     p_synthetic: float = 0.0
     contrast_range: tuple[float, float] = (0.15, 0.8)
     max_targets: int = 4
     p_clutter: float = 0.0
+    paste_at: str = "network"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_synthetic <= 1.0:
@@ -82,6 +97,8 @@ class SyntheticSpec:
             raise ValueError(f"max_targets: expected an integer >= 1, got {self.max_targets}")
         if not 0.0 <= self.p_clutter <= 1.0:
             raise ValueError(f"p_clutter: expected a probability in [0, 1], got {self.p_clutter}")
+        if self.paste_at not in PASTE_AT:
+            raise ValueError(f"paste_at: expected one of {', '.join(PASTE_AT)}, got {self.paste_at!r}")
 
     @property
     def needs_rasters(self) -> bool:
@@ -204,31 +221,63 @@ def synthetic_sample(
     else:
         window = _raster_window(backgrounds, side, rng)
     window = np.ascontiguousarray(window)
-    image = _resize(window, (crop_px, crop_px)) if side != crop_px else window.copy()
-    mask = np.zeros((crop_px, crop_px), np.float32)
+    if spec.paste_at == "native":
+        image = window.copy()
+        mask = _paste_chips(image, chips, spec, rng, 1.0)
+        if side != crop_px:
+            image = _resize(image, (crop_px, crop_px))
+            resized = _resize(mask, (crop_px, crop_px))
+            mask = (resized > 0.5).astype(np.float32)
+            mask[_vanished_peaks(resized, mask)] = 1.0
+    else:
+        image = _resize(window, (crop_px, crop_px)) if side != crop_px else window.copy()
+        mask = _paste_chips(image, chips, spec, rng, scale)
+    image, mask = random_d4(image, mask, rng)
+    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32)
 
+
+def _paste_chips(
+    image: npt.NDArray[np.float32], chips: list[TargetChip], spec: SyntheticSpec, rng: np.random.Generator,
+    scale: float,
+) -> npt.NDArray[np.float32]:
+    """Paste 1 to ``spec.max_targets`` chips, each rescaled by ``scale``, into ``image`` (in
+    place) at random places; return their 0/1 mask."""
+    side_r, side_c = image.shape
+    mask = np.zeros(image.shape, np.float32)
     lo, hi = spec.contrast_range
     for _ in range(int(rng.integers(1, spec.max_targets + 1))):
         chip = chips[int(rng.integers(len(chips)))]
         ch, cw = chip.mask.shape
         size = (max(1, round(ch * scale)), max(1, round(cw * scale)))
-        profile = _resize(chip.contrast, size)
-        chip_mask = _resize(chip.mask.astype(np.float32), size) > 0.5
+        profile = _resize(chip.contrast, size) if size != (ch, cw) else chip.contrast
+        chip_mask = _resize(chip.mask.astype(np.float32), size) > 0.5 if size != (ch, cw) else chip.mask
         if not chip_mask.any():  # a tiny target vanished on shrinking: keep its peak pixel
             chip_mask = profile >= profile.max()
-        if size[0] >= crop_px or size[1] >= crop_px:
+        if size[0] >= side_r or size[1] >= side_c:
             continue
-        tr = int(rng.integers(0, crop_px - size[0] + 1))
-        tc = int(rng.integers(0, crop_px - size[1] + 1))
+        tr = int(rng.integers(0, side_r - size[0] + 1))
+        tc = int(rng.integers(0, side_c - size[1] + 1))
         region = image[tr : tr + size[0], tc : tc + size[1]]
         local = float(np.median(region[~chip_mask])) if (~chip_mask).any() else float(np.median(region))
         peak = float(rng.uniform(lo, hi))
         shaped = np.where(chip_mask, profile / max(float(profile[chip_mask].max()), 1e-6), 0.0)
         region[chip_mask] = np.maximum(region[chip_mask], np.minimum(local + shaped[chip_mask] * peak, 1.0))
         mask[tr : tr + size[0], tc : tc + size[1]][chip_mask] = 1.0
+    return mask
 
-    image, mask = random_d4(image, mask, rng)
-    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.float32)
+
+def _vanished_peaks(resized: npt.NDArray[np.float32], mask: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Pixels to add to a thresholded rescaled mask so that no target vanishes on shrinking:
+    the peak pixel of every component of ``resized > 0`` that holds no mask pixel."""
+    labels, count = ndimage.label(resized > 1e-3, structure=np.ones((3, 3), bool))
+    keep = np.zeros(mask.shape, bool)
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None or mask[box][labels[box] == label].any():
+            continue
+        part = np.where(labels[box] == label, resized[box], -1.0)
+        r, c = np.unravel_index(int(np.argmax(part)), part.shape)
+        keep[box[0].start + r, box[1].start + c] = True
+    return keep
 
 
 @dataclass(frozen=True)
@@ -249,9 +298,9 @@ class SyntheticSource:
         px = sum(b.size for b in source.backgrounds)
         log.info(
             "synthetic samples (p=%.2f): %d backgrounds (%.2f Mpx), clutter share %.2f, %d target chips, "
-            "contrast %s, <= %d targets",
+            "contrast %s, <= %d targets, pasted at %s resolution",
             spec.p_synthetic, len(source.backgrounds), px / 1e6, spec.p_clutter, len(source.chips),
-            spec.contrast_range, spec.max_targets,
+            spec.contrast_range, spec.max_targets, spec.paste_at,
         )
         return source
 

@@ -851,7 +851,12 @@ def _synthetic_card_line(cfg: dict[str, Any]) -> str:
     if clutter > 0:
         onto = [f"procedural land clutter ({clutter:.0%} of them)"] + onto
     return (f"- Synthetic crops: {syn['p_synthetic']:.0%} of the crops are {cfg['train_split']}-split targets pasted onto "
-            f"{', '.join(onto)} (peak contrast {tuple(syn['contrast_range'])}, up to {syn['max_targets']} targets).")
+            f"{', '.join(onto)} (peak contrast {tuple(syn['contrast_range'])}, up to {syn['max_targets']} targets, "
+            f"pasted {_PASTE_WORDS[syn.get('paste_at', 'network')]}).")
+
+
+_PASTE_WORDS = {"network": "onto the crop rescaled for the network",
+                "native": "at the background's own resolution, then rescaled with it"}
 
 
 def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any] | None) -> str:

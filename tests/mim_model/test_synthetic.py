@@ -62,6 +62,48 @@ def test_scale_resizes_background_window_and_targets() -> None:
 
 
 @needs_geo
+def _max_step(image: np.ndarray) -> float:
+    """Largest difference between 4-neighbouring pixels."""
+    return float(max(np.abs(np.diff(image, axis=0)).max(), np.abs(np.diff(image, axis=1)).max()))
+
+
+def test_native_paste_blurs_targets_into_the_ground_network_paste_does_not() -> None:
+    """A flat 3x3 target 0.6 above a flat ground, crop rescaled by 2. Pasted at native
+    resolution and rescaled with the ground (as a scanned scene reaches the network), the
+    target's edge spreads onto the ground around its mask (bilinear doubling puts a quarter
+    of the step, 0.15, on the next pixel out); pasted after the rescaling (runs 1-14) the
+    ground next to the mask stays exactly the ground: a hard outer edge that no rescaled
+    real target has."""
+    ground = np.full((200, 200), 0.2, np.float32)
+    chip = TargetChip(np.where(np.pad(np.ones((3, 3), bool), 3), 0.5, 0.0).astype(np.float32),
+                      np.pad(np.ones((3, 3), bool), 3))
+    for paste_at, skirt in (("native", 0.15), ("network", 0.0)):
+        spec = SyntheticSpec(p_synthetic=1.0, contrast_range=(0.6, 0.6), max_targets=1, paste_at=paste_at)
+        for seed in range(5):
+            image, mask = synthetic_sample([ground], [chip], 128, spec, np.random.default_rng(seed), 2.0)
+            # the mask is the target doubled: 6 x 6 pixels (bilinear > 0.5 of a 3 x 3 block)
+            assert mask.sum() == 36, (paste_at, seed, mask.sum())
+            np.testing.assert_allclose(image[mask == 1].max(), 0.8, atol=1e-5)
+            np.testing.assert_allclose(image[mask == 0].max() - 0.2, skirt, atol=1e-5, err_msg=paste_at)
+            assert _max_step(image) < 0.6 - 1e-3  # the inner profile is rescaled in both
+
+
+def test_native_paste_keeps_a_target_that_shrinking_would_lose() -> None:
+    ground = np.full((400, 400), 0.1, np.float32)
+    dot = TargetChip(np.where(np.pad(np.ones((1, 1), bool), 3), 0.5, 0.0).astype(np.float32),
+                     np.pad(np.ones((1, 1), bool), 3))
+    spec = SyntheticSpec(p_synthetic=1.0, contrast_range=(0.5, 0.5), max_targets=1, paste_at="native")
+    for seed in range(5):
+        image, mask = synthetic_sample([ground], [dot], 128, spec, np.random.default_rng(seed), 0.4)
+        assert mask.sum() == 1, (seed, mask.sum())  # one pixel: the shrunken target's peak
+        assert image[mask == 1][0] == image.max() > 0.1
+
+
+def test_paste_at_is_checked() -> None:
+    with pytest.raises(ValueError, match="paste_at: expected one of network, native, got 'scene'"):
+        SyntheticSpec(paste_at="scene")
+
+
 def test_load_background_stretches_a_real_landsat_band(tmp_path: Path) -> None:
     band = load_background(L8_B10)
     assert band.shape == (603, 627) and band.dtype == np.float32
