@@ -4,7 +4,7 @@
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
-    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3] [--keep DIR]
+    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3] [--tile-px 256 --halo-px 64] [--keep DIR]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
@@ -203,8 +203,9 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     extra = ["--input-scale", str(args.input_scale)] if args.input_scale is not None else []
     for index, path in enumerate(args.weights):
         out = work / f"out{index}"
-        result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", "512", "--halo-px", "64",
-                                          "--batch-size", "4", "--weights", path, "--overwrite", *extra])
+        result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", str(args.tile_px),
+                                          "--halo-px", str(args.halo_px), "--batch-size", "4", "--weights", path,
+                                          "--overwrite", *extra])
         if result.exit_code != 0:
             sys.exit(f"bench_accuracy: scan with {path} failed: {result.output.strip()}")
         frame = gpd.read_parquet(out / scene.stem / "detections.parquet")
@@ -212,6 +213,7 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
         rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
         found = sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
         print(json.dumps({"weights": path, "targets_split": args.targets, "input_scale": args.input_scale,
+                          "tile_px": args.tile_px, "halo_px": args.halo_px,
                           "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
                           "detections": len(frame), "mpx_per_s": report.get("mpx_per_s")}), flush=True)
 
@@ -241,6 +243,8 @@ def main() -> None:
     p.add_argument("--targets", choices=("test", "val"), default="test",
                    help="test: the accuracy test's scene; val: a validation scene of val-split targets")
     p.add_argument("--input-scale", type=float, default=None, help="irscan scan --input-scale [the weights']")
+    p.add_argument("--tile-px", type=int, default=512, help="irscan scan --tile-px [512]")
+    p.add_argument("--halo-px", type=int, default=64, help="irscan scan --halo-px [64]")
     p.add_argument("--keep", metavar="DIR", help="build the scene and keep the scans' outputs in DIR [a temporary folder]")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()
