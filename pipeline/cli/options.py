@@ -33,7 +33,7 @@ import click
 from pipeline.config import RayOptions, ScanConfig
 from pipeline.infer import InferenceSpec
 from pipeline.normalize import NormalizationSpec
-from pipeline.tiling import TilingSpec
+from pipeline.tiling import DEFAULT_HALO_PX, DEFAULT_TILE_PX, TilingSpec
 
 __all__ = ["scan_options", "config_from_options", "SCAN_OPTION_NAMES", "tta_flips_option"]
 
@@ -44,8 +44,10 @@ tta_flips_option = click.option(
 )
 
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-    click.option("--tile-px", type=int, default=512, show_default=True, help="Tile side, multiple of 64."),
-    click.option("--halo-px", type=int, default=64, show_default=True, help="Halo per side (core = tile - 2*halo)."),
+    click.option("--tile-px", type=int, default=DEFAULT_TILE_PX, show_default=True,
+                 help="Tile side, multiple of 64 (each tile's core is one output chunk)."),
+    click.option("--halo-px", type=int, default=DEFAULT_HALO_PX, show_default=True,
+                 help="Halo per side (core = tile - 2*halo)."),
     click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward pass."),
     click.option("--band", type=int, default=1, show_default=True, help="1-based band to read."),
     click.option("--norm", "norm_mode", type=click.Choice(["percentile", "fixed", "none"]), default="percentile",
@@ -93,7 +95,7 @@ def config_from_options(values: dict[str, Any]) -> ScanConfig:
     else:
         norm = NormalizationSpec(mode=mode)
     return ScanConfig(
-        tiling=TilingSpec(values.get("tile_px", 512), values.get("halo_px", 64)),
+        tiling=TilingSpec(values.get("tile_px", DEFAULT_TILE_PX), values.get("halo_px", DEFAULT_HALO_PX)),
         normalization=norm,
         inference=InferenceSpec(
             weights_path=values.get("weights"),
