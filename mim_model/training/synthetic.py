@@ -249,8 +249,8 @@ def _paste_chips(
         chip = chips[int(rng.integers(len(chips)))]
         ch, cw = chip.mask.shape
         size = (max(1, round(ch * scale)), max(1, round(cw * scale)))
-        profile = _resize(chip.contrast, size) if size != (ch, cw) else chip.contrast
-        chip_mask = _resize(chip.mask.astype(np.float32), size) > 0.5 if size != (ch, cw) else chip.mask
+        profile = _resize(chip.contrast, size)
+        chip_mask = _resize(chip.mask.astype(np.float32), size) > 0.5
         if not chip_mask.any():  # a tiny target vanished on shrinking: keep its peak pixel
             chip_mask = profile >= profile.max()
         if size[0] >= side_r or size[1] >= side_c:
@@ -269,7 +269,7 @@ def _paste_chips(
 def _vanished_peaks(resized: npt.NDArray[np.float32], mask: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     """Pixels to add to a thresholded rescaled mask so that no target vanishes on shrinking:
     the peak pixel of every component of ``resized > 0`` that holds no mask pixel."""
-    labels, count = ndimage.label(resized > 1e-3, structure=np.ones((3, 3), bool))
+    labels, _ = ndimage.label(resized > 1e-3, structure=np.ones((3, 3), bool))
     keep = np.zeros(mask.shape, bool)
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None or mask[box][labels[box] == label].any():

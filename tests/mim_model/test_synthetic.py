@@ -61,7 +61,6 @@ def test_scale_resizes_background_window_and_targets() -> None:
     assert mask1.sum() == 36 and 120 <= mask2.sum() <= 170  # a 6x6 target becomes ~12x12
 
 
-@needs_geo
 def _max_step(image: np.ndarray) -> float:
     """Largest difference between 4-neighbouring pixels."""
     return float(max(np.abs(np.diff(image, axis=0)).max(), np.abs(np.diff(image, axis=1)).max()))
@@ -104,6 +103,7 @@ def test_paste_at_is_checked() -> None:
         SyntheticSpec(paste_at="scene")
 
 
+@needs_geo
 def test_load_background_stretches_a_real_landsat_band(tmp_path: Path) -> None:
     band = load_background(L8_B10)
     assert band.shape == (603, 627) and band.dtype == np.float32
