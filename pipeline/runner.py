@@ -531,7 +531,8 @@ class _Scheduler:
         self.devices = ray.get(self._describe_refs)
         ready = time.time()
         self.actor_start_s = time.perf_counter() - self._actors_asked  # model load (+ GPU warm-up)
-        log.info("%d inference actor(s): %s", len(self.devices), ", ".join(d["device"] for d in self.devices))
+        log.info("%d inference actor(s): %s", len(self.devices),
+                 ", ".join(f"{d['device']} on node {d['node'][:8]}" for d in self.devices))
         for run in self.runs:
             if run.first_start is not None:  # reads began during the actors' start
                 run.first_start = max(run.first_start, ready)
