@@ -4,7 +4,8 @@
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
-    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3] [--tile-px 256 --halo-px 64] [--keep DIR]
+    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3] [--tile-px 256 --halo-px 64]
+        [--window-px 64 --window-halo-px 16] [--keep DIR]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
@@ -201,6 +202,8 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", args.targets), count=60,
                         core_px=core_px, straddle=24, seed=seed, nodata_band=(4 * core_px, side_px))
     extra = ["--input-scale", str(args.input_scale)] if args.input_scale is not None else []
+    if args.window_px is not None:
+        extra += ["--window-px", str(args.window_px), "--window-halo-px", str(args.window_halo_px)]
     for index, path in enumerate(args.weights):
         out = work / f"out{index}"
         result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", str(args.tile_px),
@@ -214,6 +217,7 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
         found = sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
         print(json.dumps({"weights": path, "targets_split": args.targets, "input_scale": args.input_scale,
                           "tile_px": args.tile_px, "halo_px": args.halo_px,
+                          "window_px": args.window_px, "window_halo_px": args.window_halo_px,
                           "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
                           "detections": len(frame), "mpx_per_s": report.get("mpx_per_s")}), flush=True)
 
@@ -245,6 +249,8 @@ def main() -> None:
     p.add_argument("--input-scale", type=float, default=None, help="irscan scan --input-scale [the weights']")
     p.add_argument("--tile-px", type=int, default=512, help="irscan scan --tile-px [512]")
     p.add_argument("--halo-px", type=int, default=64, help="irscan scan --halo-px [64]")
+    p.add_argument("--window-px", type=int, default=None, help="irscan scan --window-px [the scan's default]")
+    p.add_argument("--window-halo-px", type=int, default=16, help="irscan scan --window-halo-px [16]")
     p.add_argument("--keep", metavar="DIR", help="build the scene and keep the scans' outputs in DIR [a temporary folder]")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()

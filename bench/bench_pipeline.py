@@ -2,6 +2,7 @@
 
     python bench/bench_pipeline.py --side-px 4096 --tile-px 512 --halo-px 64 --batch-size 8
     python bench/bench_pipeline.py --side-px 16384 --device cuda --batch-size 16 --scene /data/big.tif
+    python bench/bench_pipeline.py --side-px 16384 --device cuda --batch-size 16 --window-px 0  # whole tiles
     # multi-GPU scaling: the same run with --num-actors 1 and 2 (one GPU each); --copies N
     # scans the scene N times in one run, as a job of N scenes sharing the actor pool
     python bench/bench_pipeline.py --side-px 16384 --device cuda --batch-size 16 --num-actors 2 \
@@ -82,7 +83,12 @@ class _PeakMemory(threading.Thread):
 def model_only(args: argparse.Namespace) -> dict:
     from pipeline.infer import InferenceSpec, TilePredictor
 
-    predictor = TilePredictor(InferenceSpec(device=args.device, amp=not args.no_amp))
+    window = {}  # as config_from_options: absent options keep the defaults, window 0 is whole tiles
+    if args.window_px is not None:
+        window["window_px"] = args.window_px or None
+    if args.window_halo_px is not None:
+        window["window_halo_px"] = args.window_halo_px
+    predictor = TilePredictor(InferenceSpec(device=args.device, amp=not args.no_amp, **window), args.halo_px)
     tiles = np.random.default_rng(0).random((args.batch_size, args.tile_px, args.tile_px), dtype=np.float32)
     for _ in range(2):
         predictor.predict(tiles)
@@ -111,6 +117,7 @@ def end_to_end(args: argparse.Namespace, scene: Path, out_dir: Path) -> dict:
         "tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
         "device": args.device, "no_amp": args.no_amp, "overwrite": True,
         "gpus_per_actor": args.gpus_per_actor, "num_actors": args.num_actors, "progress": False,
+        "window_px": args.window_px, "window_halo_px": args.window_halo_px,
     })
     scenes = [scene]
     if args.copies > 1:  # one job of several scenes: links to the same file, named apart
@@ -170,6 +177,8 @@ def main() -> int:
     parser.add_argument("--tile-px", type=int, default=512)
     parser.add_argument("--halo-px", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--window-px", type=int, default=None, help="irscan scan --window-px [the scan's default]")
+    parser.add_argument("--window-halo-px", type=int, default=None, help="irscan scan --window-halo-px")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--gpus-per-actor", type=float, default=1.0)
     parser.add_argument("--num-actors", type=int, default=None,
@@ -201,6 +210,7 @@ def main() -> int:
         "host": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))},
         "scene": str(scene), "build_s": build_s,
         "tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
+        "window_px": args.window_px, "window_halo_px": args.window_halo_px,
     }
     if not args.skip_model_only:
         result["model_only"] = model_only(args)

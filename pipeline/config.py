@@ -70,6 +70,11 @@ class ScanConfig:
             raise InputError(f"batch_size: expected 1..1024, got {self.batch_size}")
         if not 0 <= self.tile_retries <= 10:
             raise InputError(f"tile_retries: expected 0..10, got {self.tile_retries}")
+        window_px, window_halo_px = self.inference.window_px, self.inference.window_halo_px
+        if window_px is not None and window_px > self.tiling.tile_px:
+            raise InputError(f"window_px: expected at most tile_px ({self.tiling.tile_px}), got {window_px}")
+        if window_px is not None and window_halo_px > self.tiling.halo_px:
+            raise InputError(f"window_halo_px: expected at most halo_px ({self.tiling.halo_px}), got {window_halo_px}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,4 +92,6 @@ class ScanConfig:
         }
         if self.inference.input_scale is not None:  # absent by default: earlier outputs keep their fingerprint
             decisive["input_scale"] = self.inference.input_scale
+        if self.inference.window_px is not None:  # likewise
+            decisive["window"] = [self.inference.window_px, self.inference.window_halo_px]
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

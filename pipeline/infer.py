@@ -23,6 +23,7 @@ from mim_model.training.inference import (
     flip_averaged,
     model_probabilities,
     weights_threshold,
+    windowed,
 )
 from mim_model.training.preprocess import to_model_input
 from mim_model.weights import (
@@ -54,6 +55,10 @@ class InferenceSpec:
     None resizes tiles by the factor stored with the weights (the scale they were trained
     at); a number overrides it: the network then looks at targets that many times their
     size in pixels (finer for a coarser sensor, at input_scale**2 the compute).
+    ``window_px`` limits what the network sees around a pixel: each tile is run as squares
+    of that side (tile pixels, halo ``window_halo_px`` each side, overlapping) instead of
+    whole; None runs whole tiles. The network judges a spot by its surroundings, and wide
+    textured land hides targets that a small window shows (``docs/benchmarks.md``).
     """
 
     weights_path: str | None = None
@@ -63,6 +68,8 @@ class InferenceSpec:
     torch_threads: int | None = None
     flip_tta: bool = False
     input_scale: float | None = None
+    window_px: int | None = None
+    window_halo_px: int = 16
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -71,6 +78,16 @@ class InferenceSpec:
             raise InputError(f"threshold: expected a probability in (0, 1), got {self.threshold}")
         if self.input_scale is not None and not (math.isfinite(self.input_scale) and 0.25 <= self.input_scale <= 8):
             raise InputError(f"input_scale: expected a factor from 0.25 to 8, got {self.input_scale}")
+        for name in ("window_px", "window_halo_px"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InputError(f"{name}: expected an integer number of pixels, got {value!r}")
+        if self.window_halo_px < 0:
+            raise InputError(f"window_halo_px: expected >= 0, got {self.window_halo_px}")
+        if self.window_px is not None and self.window_px <= 2 * self.window_halo_px:
+            raise InputError(
+                f"window_px: expected more than 2 * window_halo_px = {2 * self.window_halo_px}, got {self.window_px}"
+            )
         if self.weights_path is not None and not Path(self.weights_path).is_file():
             raise InputError(f"weights: file {self.weights_path} does not exist")
 
@@ -120,9 +137,19 @@ def scaled_tile_px(tile_px: int, scale: float, source: str = "input_scale") -> i
 
 
 def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
-    """The input scale (:func:`resolve_input_scale`); the scaled tile must stay a multiple of 64."""
+    """The input scale (:func:`resolve_input_scale`); the scaled tile, and the scaled
+    window when there is one, must stay multiples of 64 (that the window fits the tile is
+    :class:`pipeline.config.ScanConfig`'s check)."""
     scale = resolve_input_scale(spec)
-    scaled_tile_px(tile_px, scale, "input_scale" if spec.input_scale is not None else "the weights' input_scale")
+    source = "input_scale" if spec.input_scale is not None else "the weights' input_scale"
+    scaled_tile_px(tile_px, scale, source)
+    if spec.window_px is not None:
+        scaled = round(spec.window_px * scale)
+        if scaled % 64:
+            raise InputError(
+                f"window_px: windows are resized by {source} {scale}; {spec.window_px} px becomes {scaled} px, "
+                "expected a multiple of 64"
+            )
     return scale
 
 
@@ -150,10 +177,15 @@ def resolve_device(name: str) -> torch.device:
 
 class TilePredictor:
     """Loads the network once; :meth:`predict` maps (B, T, T) tiles in [0, 1] to
-    (B, T, T) float32 target probabilities."""
+    (B, T, T) float32 target probabilities.
 
-    def __init__(self, spec: InferenceSpec) -> None:
+    ``margin_px`` (tile pixels) is the margin of each tile whose probabilities the caller
+    throws away (the tile's halo): with ``spec.window_px`` the windows cover only the rest.
+    """
+
+    def __init__(self, spec: InferenceSpec, margin_px: int = 0) -> None:
         self.spec = spec
+        self.margin_px = margin_px
         self.device = resolve_device(spec.device)
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
@@ -194,8 +226,20 @@ class TilePredictor:
             scaled_side = scaled_tile_px(side, self.input_scale)
             batch = torch.nn.functional.interpolate(batch, size=(scaled_side, scaled_side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale < 1)
-        probs = flip_averaged(lambda x: model_probabilities(self.model, x, self.device, self.spec.amp),
-                              to_model_input(batch), self.spec.flip_tta)
+        def network(x: torch.Tensor) -> torch.Tensor:
+            return flip_averaged(lambda y: model_probabilities(self.model, y, self.device, self.spec.amp),
+                                 x, self.spec.flip_tta)
+
+        x = to_model_input(batch)
+        if self.spec.window_px is None:
+            probs = network(x)
+        else:
+            scale = self.input_scale
+            try:
+                probs = windowed(network, x, round(self.spec.window_px * scale), round(self.spec.window_halo_px * scale),
+                                 round(self.margin_px * scale))
+            except ValueError as error:
+                raise InputError(f"tiles of {side} px with margin {self.margin_px} px: {error}") from None
         if self.input_scale != 1.0:
             probs = torch.nn.functional.interpolate(probs, size=(side, side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale > 1)

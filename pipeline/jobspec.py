@@ -87,13 +87,16 @@ _SCAN_TYPES: dict[str, tuple[tuple[type, ...], str, tuple[Any, ...] | None]] = {
     "no_amp": ((bool,), "true or false", None),
     "tta_flips": ((bool,), "true or false", None),
     "input_scale": (_NUMBER, "a number or null", None),
+    "window_px": ((int,), "an integer (0: whole tiles) or null", None),
+    "window_halo_px": ((int,), "an integer or null", None),
     "ray_address": ((str,), "a string or null", None),
     "max_tiles_in_flight": ((int,), "an integer or null", None),
     "overwrite": ((bool,), "true or false", None),
     "progress": ((bool,), "true, false or null", None),
 }
 _NULLABLE = {
-    "norm_low", "norm_high", "num_actors", "weights", "threshold", "input_scale", "ray_address",
+    "norm_low", "norm_high", "num_actors", "weights", "threshold", "input_scale", "window_px", "window_halo_px",
+    "ray_address",
     "max_tiles_in_flight", "progress",
 }
 # words in the messages of the config classes -> the scan key they are about

@@ -147,10 +147,10 @@ class InferenceActor:
 
     def __init__(
         self, spec: InferenceSpec, fail_tiles: frozenset[str] = frozenset(), log_level: int = logging.WARNING,
-        batch_shape: tuple[int, int] | None = None,
+        batch_shape: tuple[int, int] | None = None, margin_px: int = 0,
     ) -> None:
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-        self.predictor = TilePredictor(spec)
+        self.predictor = TilePredictor(spec, margin_px)
         # every forward pass runs on this one thread: cuDNN's algorithm search (cudnn.benchmark)
         # is paid again, ~2 s, by each new thread and each new input shape (measured on H200)
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="irscan-device")
@@ -352,7 +352,7 @@ class _Scheduler:
         fail_tiles = frozenset(filter(None, os.environ.get("IRSCAN_FAIL_TILES", "").split(",")))
         return ray.remote(InferenceActor).options(**self.actor_options).remote(
             self.inference_spec, fail_tiles, logging.getLogger().getEffectiveLevel(),
-            (self.config.batch_size, self.config.tiling.tile_px),
+            (self.config.batch_size, self.config.tiling.tile_px), self.config.tiling.halo_px,
         )
 
     # -- bookkeeping

@@ -49,6 +49,7 @@ __all__ = [
     "predict_probs",
     "weights_input_scale",
     "weights_threshold",
+    "windowed",
 ]
 
 SIDE_MULTIPLE_PX = 64
@@ -133,6 +134,53 @@ def flip_averaged(
         else:
             total = total + probabilities(x)
     return total / len(TTA_FLIP_DIMS)
+
+
+def windowed(
+    probabilities: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    window_px: int,
+    halo_px: int,
+    margin_px: int = 0,
+    max_windows: int | None = None,
+) -> torch.Tensor:
+    """``probabilities`` (B, C, S, S) -> (B, 1, S, S) run on ``window_px`` squares of ``x``
+    instead of the whole input: the network's context is limited to the window.
+
+    The windows cover ``[margin_px, S - margin_px)`` on each axis (the part of a tile the
+    caller keeps); each output pixel comes from a window in which it lies at least
+    ``halo_px`` from a cut (:func:`axis_tiles`), so windows overlap by ``2 * halo_px`` and
+    windows reach ``halo_px`` into the margin. Pixels farther out than that stay 0.
+    Windows run in groups of ``max_windows`` (default: as many pixels as ``x`` holds),
+    each group padded to that size so that the network always sees one batch shape.
+
+    Raises
+    ------
+    ValueError
+        If the window does not fit (``window_px`` > S, ``margin_px`` < ``halo_px``) or its
+        core is empty.
+    """
+    batch, _, side, _ = x.shape
+    if window_px <= 2 * halo_px or window_px > side or margin_px < halo_px or 2 * margin_px >= side:
+        raise ValueError(
+            f"window: expected 2 * halo ({2 * halo_px}) < window ({window_px}) <= input side ({side}) "
+            f"and halo ({halo_px}) <= margin ({margin_px}) < side / 2"
+        )
+    first = margin_px - halo_px
+    span = [(first + start, first + keep0, first + keep1)
+            for start, keep0, keep1 in axis_tiles(side - 2 * first, window_px, halo_px)]
+    places = [(b, r, c) for b in range(batch) for r in span for c in span]
+    group = max_windows or max(1, batch * side * side // (window_px * window_px))
+    out = torch.zeros((batch, 1, side, side), dtype=torch.float32, device=x.device)
+    for i in range(0, len(places), group):
+        chunk = places[i : i + group]
+        crops = torch.stack([x[b, :, r0 : r0 + window_px, c0 : c0 + window_px] for b, (r0, _, _), (c0, _, _) in chunk])
+        if len(chunk) < group:
+            crops = torch.cat([crops, crops.new_zeros((group - len(chunk), *crops.shape[1:]))])
+        probs = probabilities(crops).float()
+        for j, (b, (r0, rk0, rk1), (c0, ck0, ck1)) in enumerate(chunk):
+            out[b, 0, rk0:rk1, ck0:ck1] = probs[j, 0, rk0 - r0 : rk1 - r0, ck0 - c0 : ck1 - c0]
+    return out
 
 
 def model_probabilities(model: torch.nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:

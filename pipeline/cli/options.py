@@ -18,6 +18,8 @@ option                 meaning
 --no-amp               fp32 instead of bf16 autocast on GPU
 --tta-flips            average each tile over its three flips too (4x the compute)
 --input-scale          resize tiles by this before the network (default: the weights')
+--window-px            network context: run each tile as windows of this side (0: whole tile)
+--window-halo-px       halo of those windows per side
 --ray-address          join this Ray cluster (default: RAY_ADDRESS, else a local Ray)
 --overwrite            replace existing outputs
 =====================  ==========================================================
@@ -64,6 +66,11 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--input-scale", type=float, default=None,
                  help="Resize tiles by this factor before the network (compute grows with its square). "
                       "[the weights' training scale]"),
+    click.option("--window-px", type=int, default=None,
+                 help="Run each tile as overlapping windows of this side (tile pixels): the network then "
+                      "judges a spot by that much surroundings; 0 runs whole tiles. [0]"),
+    click.option("--window-halo-px", type=int, default=None,
+                 help="Halo of each window per side, at most --halo-px. [16]"),
     click.option("--ray-address", default=None, help="Ray cluster to join. [RAY_ADDRESS, else local]"),
     click.option("--max-tiles-in-flight", type=int, default=None, help="Bound on tiles held in memory."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
@@ -72,7 +79,8 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 
 SCAN_OPTION_NAMES = (
     "tile_px", "halo_px", "batch_size", "band", "norm_mode", "norm_low", "norm_high", "device",
-    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "tta_flips", "input_scale", "ray_address",
+    "gpus_per_actor", "num_actors", "weights", "threshold", "no_amp", "tta_flips", "input_scale", "window_px",
+    "window_halo_px", "ray_address",
     "max_tiles_in_flight", "overwrite", "progress",
 )
 
@@ -81,6 +89,17 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_OPTIONS):
         func = option(func)
     return func
+
+
+def _window_fields(window_px: int | None, window_halo_px: int | None) -> dict[str, Any]:
+    """InferenceSpec fields of the window options: absent ones keep the spec's defaults,
+    ``window_px`` 0 means whole tiles (None in the spec)."""
+    fields: dict[str, Any] = {}
+    if window_px is not None:
+        fields["window_px"] = window_px or None
+    if window_halo_px is not None:
+        fields["window_halo_px"] = window_halo_px
+    return fields
 
 
 def config_from_options(values: dict[str, Any]) -> ScanConfig:
@@ -104,6 +123,7 @@ def config_from_options(values: dict[str, Any]) -> ScanConfig:
             threshold=values.get("threshold"),
             flip_tta=values.get("tta_flips", False),
             input_scale=values.get("input_scale"),
+            **_window_fields(values.get("window_px"), values.get("window_halo_px")),
         ),
         ray=RayOptions(
             address=values.get("ray_address"),

@@ -129,3 +129,82 @@ def test_input_scale_is_part_of_the_output_fingerprint() -> None:
     scaled = ScanConfig(inference=InferenceSpec(input_scale=2.5))
     assert scaled.output_fingerprint("abc") != default.output_fingerprint("abc")
     assert scaled.output_fingerprint("abc") == ScanConfig(inference=InferenceSpec(input_scale=2.5)).output_fingerprint("abc")
+
+
+def test_windowed_takes_each_pixel_from_a_window_run_alone() -> None:
+    """Every kept pixel is the network's answer on one window around it: the same value as
+    running that window by itself, at least ``halo`` from the window's cuts; pixels outside
+    the kept part of the tile stay 0, and an input that depends on its whole frame shows it."""
+    from mim_model.training.inference import axis_tiles, windowed
+
+    def frame_dependent(x: torch.Tensor) -> torch.Tensor:  # the answer depends on the whole window
+        return torch.sigmoid(x[:, :1] - x[:, :1].mean(dim=(2, 3), keepdim=True))
+
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    margin, window, halo = 48, 64, 16
+    out = windowed(frame_dependent, x, window, halo, margin)
+    first = margin - halo
+    spans = [(first + s, first + k0, first + k1) for s, k0, k1 in axis_tiles(256 - 2 * first, window, halo)]
+    covered = torch.zeros(256, 256, dtype=torch.int32)
+    for r0, rk0, rk1 in spans:
+        for c0, ck0, ck1 in spans:
+            alone = frame_dependent(x[:, :, r0 : r0 + window, c0 : c0 + window])
+            torch.testing.assert_close(out[:, :, rk0:rk1, ck0:ck1], alone[:, :, rk0 - r0 : rk1 - r0, ck0 - c0 : ck1 - c0],
+                                       rtol=0, atol=1e-6)
+            covered[rk0:rk1, ck0:ck1] += 1
+        low, high = max(rk0, margin), min(rk1, 256 - margin)  # the kept rows the caller uses
+        assert low - r0 >= halo and r0 + window - high >= halo
+    assert covered[first : 256 - first, first : 256 - first].eq(1).all()  # a partition of the kept part
+    assert covered.sum() == (256 - 2 * first) ** 2 and not out[:, :, :first].any() and not out[:, :, :, -first:].any()
+    assert not torch.allclose(out, frame_dependent(x))  # whole-frame context differs
+
+
+def test_windowed_runs_windows_in_fixed_size_groups() -> None:
+    from mim_model.training.inference import windowed
+
+    shapes: list[tuple[int, ...]] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return x[:, :1]
+
+    x = torch.rand(1, 3, 192, 192)
+    out = windowed(record, x, 64, 16, 16, max_windows=4)  # 5 x 5 windows: 6 groups of 4, the last padded
+    assert shapes == [(4, 3, 64, 64)] * 7 and torch.equal(out[:, :, 16:-16, 16:-16], x[:, :1, 16:-16, 16:-16])
+    with pytest.raises(ValueError, match="window"):
+        windowed(record, x, 64, 16, 8)  # the window's halo reaches past the tile
+
+
+def test_window_predictor_matches_a_scan_of_small_tiles() -> None:
+    """--window-px 64 --window-halo-px 16 inside 128 px tiles gives, on the core, what the
+    network gives on 64 px tiles run alone (the same windows, resized as a whole)."""
+    rng = np.random.default_rng(5)
+    tiles = (0.2 + 0.05 * rng.standard_normal((1, 128, 128))).astype(np.float32)
+    tiles[:, 60:63, 40:43] += 0.6
+    whole = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2))
+    small = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, window_px=64, window_halo_px=16),
+                          margin_px=32)
+    probs = small.predict(tiles)
+    alone = whole.predict(np.ascontiguousarray(tiles[:, 16:80, 16:80]))
+    # the window at tile pixel 16 keeps tile pixels 32..64 (bilinear resize edges differ by a pixel)
+    np.testing.assert_allclose(probs[:, 34:62, 34:62], alone[:, 18:46, 18:46], rtol=0, atol=2e-3)
+    assert not np.allclose(probs[:, 32:96, 32:96], whole.predict(tiles)[:, 32:96, 32:96], atol=1e-3)
+
+
+def test_window_options_are_checked() -> None:
+    from pipeline.config import ScanConfig
+    from pipeline.tiling import TilingSpec
+
+    with pytest.raises(InputError, match="window_px: expected more than 2 \\* window_halo_px = 32, got 32"):
+        InferenceSpec(window_px=32, window_halo_px=16)
+    with pytest.raises(InputError, match="window_halo_px: expected >= 0, got -1"):
+        InferenceSpec(window_halo_px=-1)
+    with pytest.raises(InputError, match="window_px: expected at most tile_px \\(256\\), got 320"):
+        ScanConfig(tiling=TilingSpec(256, 64), inference=InferenceSpec(window_px=320))
+    with pytest.raises(InputError, match="window_halo_px: expected at most halo_px \\(8\\), got 16"):
+        ScanConfig(tiling=TilingSpec(256, 8), inference=InferenceSpec(window_px=64))
+    with pytest.raises(InputError, match="window_px: windows are resized by input_scale 1.5; 64 px becomes 96 px"):
+        check_tile_scale(InferenceSpec(input_scale=1.5, window_px=64), 128)
+    a = ScanConfig(inference=InferenceSpec(window_px=64)).output_fingerprint("abc")
+    assert a != ScanConfig(inference=InferenceSpec(window_px=128)).output_fingerprint("abc")
+    assert a != ScanConfig(inference=InferenceSpec(window_px=64, window_halo_px=24)).output_fingerprint("abc")
