@@ -184,12 +184,19 @@ def main() -> int:
     parser.add_argument("--num-actors", type=int, default=None,
                         help="Inference actors (default: one per GPU, or one on CPU); scaling runs set 1, 2, ...")
     parser.add_argument("--skip-model-only", action="store_true", help="Only the end-to-end scan (scaling runs).")
+    parser.add_argument("--model-only", action="store_true", help="Only the model-only figure (no scene, no Ray).")
     parser.add_argument("--copies", type=int, default=1,
                         help="Scan the scene this many times in one run (a job of scenes sharing the actor pool).")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
+
+    if args.model_only:
+        print(json.dumps({"tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
+                          "window_px": args.window_px, "window_halo_px": args.window_halo_px,
+                          "model_only": model_only(args)}))
+        return 0
 
     from tests.scene_builder import build_scene, load_target_chips, shared_data_dir
 

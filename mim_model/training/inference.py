@@ -151,8 +151,9 @@ def windowed(
     caller keeps); each output pixel comes from a window in which it lies at least
     ``halo_px`` from a cut (:func:`axis_tiles`), so windows overlap by ``2 * halo_px`` and
     windows reach ``halo_px`` into the margin. Pixels farther out than that stay 0.
-    Windows run in groups of ``max_windows`` (default: as many pixels as ``x`` holds),
-    each group padded to that size so that the network always sees one batch shape.
+    Windows run in equal groups of at most ``max_windows`` (default: as many pixels as
+    ``x`` holds), the last padded to that size so that the network always sees one batch
+    shape.
 
     Raises
     ------
@@ -160,26 +161,38 @@ def windowed(
         If the window does not fit (``window_px`` > S, ``margin_px`` < ``halo_px``) or its
         core is empty.
     """
-    batch, _, side, _ = x.shape
+    batch, channels, side, _ = x.shape
     if window_px <= 2 * halo_px or window_px > side or margin_px < halo_px or 2 * margin_px >= side:
         raise ValueError(
             f"window: expected 2 * halo ({2 * halo_px}) < window ({window_px}) <= input side ({side}) "
             f"and halo ({halo_px}) <= margin ({margin_px}) < side / 2"
         )
     first = margin_px - halo_px
-    span = [(first + start, first + keep0, first + keep1)
-            for start, keep0, keep1 in axis_tiles(side - 2 * first, window_px, halo_px)]
-    places = [(b, r, c) for b in range(batch) for r in span for c in span]
-    group = max_windows or max(1, batch * side * side // (window_px * window_px))
+    spans = axis_tiles(side - 2 * first, window_px, halo_px)
+    count = len(spans)
+    starts = torch.tensor([first + start for start, _, _ in spans], device=x.device)
+    # one gather: (B, C, n, n, w, w) -> (B * n * n, C, w, w), windows in row-major order per tile
+    pixels = starts[:, None] + torch.arange(window_px, device=x.device)
+    crops = x[:, :, pixels[:, None, :, None], pixels[None, :, None, :]]
+    crops = crops.permute(0, 2, 3, 1, 4, 5).reshape(batch * count * count, channels, window_px, window_px)
+    # groups of equal size, at most ``max_windows`` (default: as many pixels as x): no group
+    # is mostly padding (2,304 windows in groups of 1,024 would run 3,072)
+    limit = max_windows or max(1, batch * side * side // (window_px * window_px))
+    group = -(-len(crops) // -(-len(crops) // limit))
+    parts = []
+    for i in range(0, len(crops), group):
+        chunk = crops[i : i + group]
+        if len(chunk) < group:  # one batch shape for the network (cuDNN searches again for each new one)
+            chunk = torch.cat([chunk, chunk.new_zeros((group - len(chunk), *chunk.shape[1:]))])
+        parts.append(probabilities(chunk)[:, 0].float())
+    probs = torch.cat(parts)[: len(crops)].reshape(batch, count, count, window_px, window_px)
+    # each kept pixel from its window (the keep ranges of axis_tiles partition the covered span)
+    owner = torch.cat([torch.full((keep1 - keep0,), k) for k, (_, keep0, keep1) in enumerate(spans)]).to(x.device)
+    local = torch.arange(side - 2 * first, device=x.device) + first - starts[owner]
     out = torch.zeros((batch, 1, side, side), dtype=torch.float32, device=x.device)
-    for i in range(0, len(places), group):
-        chunk = places[i : i + group]
-        crops = torch.stack([x[b, :, r0 : r0 + window_px, c0 : c0 + window_px] for b, (r0, _, _), (c0, _, _) in chunk])
-        if len(chunk) < group:
-            crops = torch.cat([crops, crops.new_zeros((group - len(chunk), *crops.shape[1:]))])
-        probs = probabilities(crops).float()
-        for j, (b, (r0, rk0, rk1), (c0, ck0, ck1)) in enumerate(chunk):
-            out[b, 0, rk0:rk1, ck0:ck1] = probs[j, 0, rk0 - r0 : rk1 - r0, ck0 - c0 : ck1 - c0]
+    out[:, 0, first : side - first, first : side - first] = probs[
+        :, owner[:, None], owner[None, :], local[:, None], local[None, :]
+    ]
     return out
 
 
