@@ -68,7 +68,8 @@ class TilingSpec:
         network judges a spot by its surroundings, and wide tiles of textured land hide
         some targets: tiles of 192 (halo 32) found 3 more of 60 on a validation scene but
         none more on the test scene, and run at a quarter of the GPU throughput (many
-        small chunks); the default stays 512 (``docs/benchmarks.md``).
+        small chunks); the default stays 512 (``docs/benchmarks.md``). To narrow the
+        network's view without small chunks, see ``InferenceSpec.window_px``.
     halo_px : int
         Context margin on each side, >= 0; ``core_px = tile_px - 2*halo_px`` must be > 0.
 

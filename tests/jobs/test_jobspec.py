@@ -67,7 +67,7 @@ def test_every_scan_option_is_accepted(tmp_path: Path, scenes: Path) -> None:
         "tile_px": 256, "halo_px": 32, "batch_size": 4, "band": 1, "norm_mode": "fixed",
         "norm_low": 0, "norm_high": 5000.5, "device": "cpu", "gpus_per_actor": 0.25,
         "num_actors": 3, "weights": str(weights), "threshold": 0.4, "no_amp": False, "tta_flips": True, "input_scale": 3,
-        "ray_address": "auto", "max_tiles_in_flight": 64, "overwrite": True, "progress": False,
+        "window_px": 128, "window_halo_px": 24, "ray_address": "auto", "max_tiles_in_flight": 64, "overwrite": True, "progress": False,
     }
     assert set(scan) == set(SCAN_OPTION_NAMES)
     spec = load_job(write_job(tmp_path, base_job(name="all-options", scan=scan)))
@@ -77,6 +77,7 @@ def test_every_scan_option_is_accepted(tmp_path: Path, scenes: Path) -> None:
     assert c.ray.num_actors == 3 and c.ray.address == "auto" and c.ray.max_tiles_in_flight == 64
     assert c.inference.threshold == 0.4 and c.overwrite is True and c.progress is False
     assert c.inference.flip_tta is True and c.inference.input_scale == 3.0
+    assert (c.inference.window_px, c.inference.window_halo_px) == (128, 24)
     assert spec.with_overwrite(False).config.overwrite is False
 
 
@@ -125,6 +126,9 @@ def test_every_scan_option_is_accepted(tmp_path: Path, scenes: Path) -> None:
         (base_job(scan={"weights": "nope.safetensors"}), ["scan.weights:", "nope.safetensors does not exist"]),
         (base_job(scan={"no_amp": "yes"}), ["scan.no_amp: expected true or false", "'yes' (str)"]),
         (base_job(scan={"no_amp": 1}), ["scan.no_amp: expected true or false", "got 1 (int)"]),
+        (base_job(scan={"window_px": 64.5}), ["scan.window_px: expected an integer (0: whole tiles)", "64.5 (float)"]),
+        (base_job(scan={"window_px": 1024}), ["scan.window_px:", "expected at most tile_px (512), got 1024"]),
+        (base_job(scan={"window_px": 256, "window_halo_px": 96}), ["scan.window_halo_px:", "expected at most halo_px (64), got 96"]),
         (base_job(scan={"max_tiles_in_flight": 0}), ["scan.max_tiles_in_flight:", "got 0"]),
         (base_job(scan={"overwrite": None}), ["scan.overwrite: expected true or false", "None (null)"]),
         (base_job(postprocess={"overview": True}), ["postprocess.overview: unknown key", "overviews, statistics"]),

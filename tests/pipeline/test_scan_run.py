@@ -154,6 +154,10 @@ def test_bad_inputs_fail_with_one_clear_line(random_weights, tmp_path):
         ([str(good), "--tile-px", "128", "--halo-px", "64"], "halo_px"),
         ([str(good), "--input-scale", "0"], "input_scale: expected a factor from 0.25 to 8, got 0.0"),
         ([str(good), "--tile-px", "64", "--halo-px", "0", "--input-scale", "1.5"], "tile_px: tiles are resized by"),
+        ([str(good), "--window-px", "640"], "window_px: expected at most tile_px (512), got 640"),
+        ([str(good), "--window-px", "256", "--window-halo-px", "80"], "window_halo_px: expected at most halo_px (64), got 80"),
+        ([str(good), "--window-px", "32", "--window-halo-px", "16"], "window_px: expected more than 2 * window_halo_px"),
+        ([str(good), "--window-px", "96", "--input-scale", "1"], "window_px: windows are resized by input_scale 1.0"),
     ]
     for args, needle in cases:
         code, output = _error_line([*args, "--out", str(tmp_path / "o"), "--weights", str(random_weights)])
@@ -198,3 +202,30 @@ def test_tta_flips_scan_is_the_flip_average_of_the_tiles(local_ray, random_weigh
                                         torch_threads=2)).predict(tile)[0, 16:112, 16:112]
     np.testing.assert_allclose(prob, expected, atol=2e-3)
     assert np.abs(prob - plain).max() > 1e-3  # and not the plain result
+
+
+def test_window_scan_runs_each_tile_as_windows(local_ray, random_weights, tmp_path):
+    """`--window-px` through Ray: a one-tile scene's probabilities are those of the tile run
+    as 64 px windows (computed here without Ray), not those of the whole tile, and the
+    report records the window."""
+    from pipeline.infer import InferenceSpec, TilePredictor
+
+    rng = np.random.default_rng(6)
+    data = rng.integers(1000, 1200, (96, 96)).astype(np.uint16)
+    data[20:23, 70:73] = 3000
+    scene = _write(tmp_path / "one.tif", data)
+    code, output = _scan([str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+                          "--tile-px", "128", "--halo-px", "16", "--window-px", "64", "--window-halo-px", "16",
+                          "--norm", "fixed", "--norm-low", "1000", "--norm-high", "3000"])
+    assert code == 0, output
+    out = tmp_path / "out" / "one"
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["inference"]["window_px"] == 64
+    prob = zarr.open_group(out / "mask.zarr", mode="r")["probability"][:]
+    tile = np.pad(np.clip((data.astype(np.float32) - 1000) / 2000, 0, 1), 16, mode="reflect")[None]
+    windowed = TilePredictor(InferenceSpec(weights_path=str(random_weights), device="cpu", torch_threads=2,
+                                           window_px=64, window_halo_px=16), margin_px=16).predict(tile)
+    whole = TilePredictor(InferenceSpec(weights_path=str(random_weights), device="cpu",
+                                        torch_threads=2)).predict(tile)
+    np.testing.assert_allclose(prob, windowed[0, 16:112, 16:112], atol=2e-3)
+    assert np.abs(prob - whole[0, 16:112, 16:112]).max() > 1e-2
