@@ -37,3 +37,22 @@ def test_bf16_autocast_matches_fp32_on_real_images():
     assert result["logits_rel_l2"] < 0.05, result
     if result["mask_pixels_fp32"] > 0:
         assert result["mask_agreement_iou"] > 0.9, result
+
+
+def test_windowed_inference_on_cuda_matches_the_cpu():
+    """The window gather and scatter on the GPU (indexing, groups, the cuda scan) give the
+    CPU's probabilities: packaged weights, fp32 on both, a 512 px input in 128 px windows."""
+    from mim_model.training.inference import model_probabilities, windowed
+    from mim_model.weights import load_model
+
+    x = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    results = []
+    for device in ("cpu", "cuda"):
+        model = load_model(None, device=torch.device(device))
+        with gpu_checks.strict_fp32(), torch.inference_mode():
+            probs = windowed(lambda y, m=model, d=device: model_probabilities(m, y, torch.device(d), False),
+                             x.to(device), 128, 32, 64)
+        results.append(probs.cpu())
+    cpu, cuda = results
+    assert cpu[:, :, 32:-32, 32:-32].std() > 0
+    assert torch.allclose(cuda, cpu, atol=1e-3), (cuda - cpu).abs().max()
