@@ -202,8 +202,9 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", args.targets), count=60,
                         core_px=core_px, straddle=24, seed=seed, nodata_band=(4 * core_px, side_px))
     extra = ["--input-scale", str(args.input_scale)] if args.input_scale is not None else []
-    if args.window_px is not None:
-        extra += ["--window-px", str(args.window_px), "--window-halo-px", str(args.window_halo_px)]
+    for option, value in (("--window-px", args.window_px), ("--window-halo-px", args.window_halo_px)):
+        if value is not None:
+            extra += [option, str(value)]
     for index, path in enumerate(args.weights):
         out = work / f"out{index}"
         result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", str(args.tile_px),
@@ -250,7 +251,7 @@ def main() -> None:
     p.add_argument("--tile-px", type=int, default=512, help="irscan scan --tile-px [512]")
     p.add_argument("--halo-px", type=int, default=64, help="irscan scan --halo-px [64]")
     p.add_argument("--window-px", type=int, default=None, help="irscan scan --window-px [the scan's default]")
-    p.add_argument("--window-halo-px", type=int, default=16, help="irscan scan --window-halo-px [16]")
+    p.add_argument("--window-halo-px", type=int, default=None, help="irscan scan --window-halo-px [the scan's default]")
     p.add_argument("--keep", metavar="DIR", help="build the scene and keep the scans' outputs in DIR [a temporary folder]")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()

@@ -80,15 +80,23 @@ class _PeakMemory(threading.Thread):
         return self.peak_rss_bytes, self.peak_pss_bytes
 
 
-def model_only(args: argparse.Namespace) -> dict:
-    from pipeline.infer import InferenceSpec, TilePredictor
+def scan_config(args: argparse.Namespace):
+    """The scan's configuration from the options, as ``irscan scan`` builds it."""
+    from pipeline.cli.options import config_from_options
 
-    window = {}  # as config_from_options: absent options keep the defaults, window 0 is whole tiles
-    if args.window_px is not None:
-        window["window_px"] = args.window_px or None
-    if args.window_halo_px is not None:
-        window["window_halo_px"] = args.window_halo_px
-    predictor = TilePredictor(InferenceSpec(device=args.device, amp=not args.no_amp, **window), args.halo_px)
+    return config_from_options({
+        "tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
+        "device": args.device, "no_amp": args.no_amp, "overwrite": True,
+        "gpus_per_actor": args.gpus_per_actor, "num_actors": args.num_actors, "progress": False,
+        "window_px": args.window_px, "window_halo_px": args.window_halo_px,
+    })
+
+
+def model_only(args: argparse.Namespace) -> dict:
+    from pipeline.infer import TilePredictor
+
+    config = scan_config(args)
+    predictor = TilePredictor(config.inference, config.tiling.halo_px)
     tiles = np.random.default_rng(0).random((args.batch_size, args.tile_px, args.tile_px), dtype=np.float32)
     for _ in range(2):
         predictor.predict(tiles)
@@ -110,15 +118,9 @@ def model_only(args: argparse.Namespace) -> dict:
 def end_to_end(args: argparse.Namespace, scene: Path, out_dir: Path) -> dict:
     import ray
 
-    from pipeline.cli.options import config_from_options
     from pipeline.runner import run_scans
 
-    config = config_from_options({
-        "tile_px": args.tile_px, "halo_px": args.halo_px, "batch_size": args.batch_size,
-        "device": args.device, "no_amp": args.no_amp, "overwrite": True,
-        "gpus_per_actor": args.gpus_per_actor, "num_actors": args.num_actors, "progress": False,
-        "window_px": args.window_px, "window_halo_px": args.window_halo_px,
-    })
+    config = scan_config(args)
     scenes = [scene]
     if args.copies > 1:  # one job of several scenes: links to the same file, named apart
         links = out_dir.parent / "copies"
