@@ -36,7 +36,7 @@ from pipeline.errors import InputError
 
 __all__ = [
     "InferenceSpec", "TilePredictor", "check_tile_scale", "pad_batch", "resolve_device", "resolve_input_scale",
-    "resolve_threshold", "resolve_weights_path", "scaled_tile_px",
+    "resolve_threshold", "resolve_weights_path", "scaled_side_px",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,15 @@ def resolve_input_scale(spec: InferenceSpec) -> float:
     return _metadata_number(spec, "input_scale", 1.0)
 
 
-def scaled_tile_px(tile_px: int, scale: float, source: str = "input_scale") -> int:
-    """Side of a ``tile_px`` tile resized by ``scale``; the network needs a multiple of 64
-    (``source`` names where the scale comes from in the error)."""
-    scaled = round(tile_px * scale)
+def scaled_side_px(side_px: int, scale: float, source: str = "input_scale", field: str = "tile_px",
+                   what: str = "tiles") -> int:
+    """Side of a ``side_px`` square (a tile, or a window: ``field`` and ``what`` name it in
+    the error) resized by ``scale``; the network needs a multiple of 64 (``source`` names
+    where the scale comes from in the error)."""
+    scaled = round(side_px * scale)
     if scaled % 64:
         raise InputError(
-            f"tile_px: tiles are resized by {source} {scale}; {tile_px} px becomes {scaled} px, "
+            f"{field}: {what} are resized by {source} {scale}; {side_px} px becomes {scaled} px, "
             "expected a multiple of 64"
         )
     return scaled
@@ -142,14 +144,9 @@ def check_tile_scale(spec: InferenceSpec, tile_px: int) -> float:
     :class:`pipeline.config.ScanConfig`'s check)."""
     scale = resolve_input_scale(spec)
     source = "input_scale" if spec.input_scale is not None else "the weights' input_scale"
-    scaled_tile_px(tile_px, scale, source)
+    scaled_side_px(tile_px, scale, source)
     if spec.window_px is not None:
-        scaled = round(spec.window_px * scale)
-        if scaled % 64:
-            raise InputError(
-                f"window_px: windows are resized by {source} {scale}; {spec.window_px} px becomes {scaled} px, "
-                "expected a multiple of 64"
-            )
+        scaled_side_px(spec.window_px, scale, source, "window_px", "windows")
     return scale
 
 
@@ -223,9 +220,10 @@ class TilePredictor:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         if self.input_scale != 1.0:
             # the weights were trained on images resized by a factor (or the user asks for one): resize, and back
-            scaled_side = scaled_tile_px(side, self.input_scale)
+            scaled_side = scaled_side_px(side, self.input_scale)
             batch = torch.nn.functional.interpolate(batch, size=(scaled_side, scaled_side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale < 1)
+
         def network(x: torch.Tensor) -> torch.Tensor:
             return flip_averaged(lambda y: model_probabilities(self.model, y, self.device, self.spec.amp),
                                  x, self.spec.flip_tta)
@@ -235,9 +233,9 @@ class TilePredictor:
             probs = network(x)
         else:
             scale = self.input_scale
+            window = scaled_side_px(self.spec.window_px, scale, field="window_px", what="windows")
             try:
-                probs = windowed(network, x, round(self.spec.window_px * scale), round(self.spec.window_halo_px * scale),
-                                 round(self.margin_px * scale))
+                probs = windowed(network, x, window, round(self.spec.window_halo_px * scale), round(self.margin_px * scale))
             except ValueError as error:
                 raise InputError(f"tiles of {side} px with margin {self.margin_px} px: {error}") from None
         if self.input_scale != 1.0:
