@@ -74,6 +74,8 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--synthetic-paste", "paste_at", type=click.Choice(["network", "native"]),
               help="Paste synthetic targets onto the crop rescaled for the network, or at the background's "
                    "own resolution before rescaling (as a scanned scene's targets). [network]")
+@click.option("--synthetic-max-targets", "max_targets", type=int,
+              help="Targets pasted into a synthetic crop: 1 to this many, uniform. [4]")
 @click.option("--scale-range", type=(float, float), default=None, metavar="LOW HIGH",
               help="Rescale augmentation: factor on --input-scale drawn log-uniform in [LOW, HIGH]. [0.6 1.6]")
 @click.option("--p-target-crop", type=float, help="Share of the crops placed to hold a target. [0.8]")
@@ -115,9 +117,11 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         elif "threshold_without_val" in overrides:
             raise TrainError("train option --threshold-without-val: expected --val-split none (a val split chooses "
                              f"the threshold), got --val-split {options.get('val_split') or 'val'}")
-        synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter", "paste_at") if k in overrides}
+        synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter", "paste_at", "max_targets")
+                     if k in overrides}
         if synthetic:
-            overrides["synthetic"] = _settings(SyntheticSpec, "--p-synthetic/--p-clutter/--synthetic-paste", synthetic)
+            overrides["synthetic"] = _settings(
+                SyntheticSpec, "--p-synthetic/--p-clutter/--synthetic-paste/--synthetic-max-targets", synthetic)
         augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop") if k in overrides}
         if augment:
             overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop", augment)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from mim_model.training.data import Augment, DatasetError, SirstSplit, TrainCrops
 from mim_model.training.synthetic import (
@@ -51,6 +52,16 @@ def test_pasted_targets_sit_on_the_background_with_the_drawn_contrast() -> None:
     again = synthetic_sample([background], [_square_chip()], 128, spec, np.random.default_rng(3), 1.0)
     first = synthetic_sample([background], [_square_chip()], 128, spec, np.random.default_rng(3), 1.0)
     np.testing.assert_array_equal(again[0], first[0])  # a pure function of the seed
+
+
+def test_max_targets_bounds_the_targets_pasted_per_crop() -> None:
+    background = np.full((300, 300), 0.3, np.float32)
+    for max_targets in (1, 12):
+        spec = SyntheticSpec(p_synthetic=1.0, contrast_range=(0.3, 0.3), max_targets=max_targets)
+        counts = [ndimage.label(synthetic_sample([background], [_square_chip()], 256, spec,
+                                                 np.random.default_rng(seed), 1.0)[1])[1] for seed in range(30)]
+        assert 1 <= min(counts) and max(counts) <= max_targets, (max_targets, counts)  # touching chips merge
+        assert max(counts) >= min(max_targets, 8), (max_targets, counts)  # up to 12 drawn, not stuck at 4
 
 
 def test_scale_resizes_background_window_and_targets() -> None:
@@ -137,7 +148,7 @@ def test_train_crops_mix_synthetic_samples_and_training_runs(tiny_sirst: Path, t
     made = []
 
     class Counting(SyntheticSource):
-        def sample(self, crop_px, rng, scale):  # noqa: ANN001, ANN202
+        def sample(self, crop_px, rng, scale):
             made.append(scale)
             return super().sample(crop_px, rng, scale)
 
