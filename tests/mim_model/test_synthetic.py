@@ -148,7 +148,7 @@ def test_train_crops_mix_synthetic_samples_and_training_runs(tiny_sirst: Path, t
     made = []
 
     class Counting(SyntheticSource):
-        def sample(self, crop_px, rng, scale):
+        def sample(self, crop_px, rng, scale):  # noqa: ANN001, ANN202
             made.append(scale)
             return super().sample(crop_px, rng, scale)
 
