@@ -2,7 +2,10 @@
 
 * irscan's own weights are float16 safetensors with string metadata: the network config
   (``mim_config``, JSON), the decision ``threshold`` on probabilities, the input
-  ``normalization`` and provenance. The packaged default lives in ``mim_model/weights/``.
+  ``normalization`` and provenance. Two ship in ``mim_model/weights/``, each with its model
+  card: ``mim_sirst.safetensors``, the default of ``train``, ``evaluate`` and ``predict``
+  (chosen on SIRST), and ``mim_scan.safetensors``, the default of ``scan`` (chosen on whole
+  scenes, where a target is one bright spot among many).
 * The authors' released checkpoint (a ``.pth`` pickle) loads through
   :func:`load_official_checkpoint`, with ``torch.load(weights_only=True)``: no code from
   the file is executed.
@@ -29,6 +32,7 @@ from mim_model.network import MiM
 
 __all__ = [
     "DEFAULT_WEIGHTS_PATH",
+    "DEFAULT_SCAN_WEIGHTS_PATH",
     "save_safetensors",
     "load_safetensors",
     "read_metadata",
@@ -40,6 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mim_sirst.safetensors"
+DEFAULT_SCAN_WEIGHTS_PATH = DEFAULT_WEIGHTS_PATH.with_name("mim_scan.safetensors")
 _SKIPPED_SUFFIXES = (".relative_pos",)
 
 

@@ -27,7 +27,7 @@ from mim_model.training.inference import (
 )
 from mim_model.training.preprocess import to_model_input
 from mim_model.weights import (
-    DEFAULT_WEIGHTS_PATH,
+    DEFAULT_SCAN_WEIGHTS_PATH,
     load_model,
     read_metadata,
     weights_sha256,
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 class InferenceSpec:
     """How tiles are run through the network.
 
-    ``weights_path`` None means the packaged weights. ``device`` is ``auto`` (CUDA when
+    ``weights_path`` None means the packaged scan weights. ``device`` is ``auto`` (CUDA when
     torch sees a GPU), ``cpu`` or ``cuda``. ``amp`` runs the network under bf16 autocast on
     CUDA (the selective scan stays fp32). ``threshold`` None takes the probability
     threshold stored with the weights. ``torch_threads`` caps CPU threads per actor.
@@ -93,7 +93,8 @@ class InferenceSpec:
 
 
 def resolve_weights_path(spec: InferenceSpec) -> Path:
-    return Path(spec.weights_path) if spec.weights_path else DEFAULT_WEIGHTS_PATH
+    """The weights a scan runs: ``spec.weights_path``, else the packaged scan weights."""
+    return Path(spec.weights_path) if spec.weights_path else DEFAULT_SCAN_WEIGHTS_PATH
 
 
 def _metadata_number(spec: InferenceSpec, key: str, default: float) -> float:
@@ -193,7 +194,7 @@ class TilePredictor:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.model = load_model(spec.weights_path, device=self.device)
+        self.model = load_model(resolve_weights_path(spec), device=self.device)
         self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
         self.input_scale = resolve_input_scale(spec)
         self.weights_sha256 = weights_sha256(resolve_weights_path(spec))

@@ -13,7 +13,7 @@ option                 meaning
 --device               auto | cpu | cuda
 --gpus-per-actor       GPUs per inference actor, fractional allowed
 --num-actors           inference actors (default: one per GPU share, or 1 on CPU)
---weights              safetensors weights (default: packaged)
+--weights              safetensors weights (default: packaged mim_scan.safetensors)
 --threshold            probability threshold (default: stored with the weights)
 --no-amp               fp32 instead of bf16 autocast on GPU
 --tta-flips            average each tile over its three flips too (4x the compute)
@@ -59,7 +59,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     click.option("--gpus-per-actor", type=float, default=1.0, show_default=True, help="Fractional allowed."),
     click.option("--num-actors", type=int, default=None, help="Inference actors. [one per GPU share, 1 on CPU]"),
-    click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Safetensors weights. [packaged]"),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Safetensors weights. [packaged mim_scan.safetensors]"),
     click.option("--threshold", type=float, default=None, help="Probability threshold. [from the weights]"),
     click.option("--no-amp", is_flag=True, help="Run the network in fp32 on GPU (default bf16 autocast)."),
     tta_flips_option,

@@ -3,12 +3,16 @@ flip averaging; the input scale (the weights' or the user's)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from mim_model.weights import DEFAULT_SCAN_WEIGHTS_PATH, DEFAULT_WEIGHTS_PATH, read_metadata, weights_sha256
 from pipeline.errors import InputError
-from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, pad_batch
+from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, pad_batch, resolve_weights_path
 
 
 def test_pad_batch_appends_empty_tiles_only_when_short() -> None:
@@ -18,6 +22,18 @@ def test_pad_batch_appends_empty_tiles_only_when_short() -> None:
     np.testing.assert_array_equal(padded[:3], tiles)
     assert not padded[3:].any()
     assert pad_batch(tiles, 3) is tiles and pad_batch(tiles, 2) is tiles
+
+
+def test_scan_runs_its_own_packaged_weights_unless_told_otherwise() -> None:
+    assert resolve_weights_path(InferenceSpec()) == DEFAULT_SCAN_WEIGHTS_PATH
+    chosen = InferenceSpec(weights_path=str(DEFAULT_WEIGHTS_PATH))
+    assert resolve_weights_path(chosen) == DEFAULT_WEIGHTS_PATH
+    assert TilePredictor(InferenceSpec(device="cpu", torch_threads=1)).weights_sha256 == weights_sha256(
+        DEFAULT_SCAN_WEIGHTS_PATH) != weights_sha256(DEFAULT_WEIGHTS_PATH)
+    scan, sirst = read_metadata(DEFAULT_SCAN_WEIGHTS_PATH), read_metadata(DEFAULT_WEIGHTS_PATH)
+    # the same network at the same input scale; trained with many targets a synthetic crop
+    assert scan["mim_config"] == sirst["mim_config"] and scan["input_scale"] == sirst["input_scale"] == "2.0"
+    assert json.loads(scan["train_config"])["synthetic"]["max_targets"] == 24
 
 
 def test_padded_batch_gives_the_same_probabilities_as_the_short_one() -> None:
@@ -177,18 +193,21 @@ def test_windowed_runs_windows_in_fixed_size_groups() -> None:
 
 def test_window_predictor_matches_a_scan_of_small_tiles() -> None:
     """--window-px 64 --window-halo-px 16 inside 128 px tiles gives, on the core, what the
-    network gives on 64 px tiles run alone (the same windows, resized as a whole)."""
+    network gives on 64 px tiles run alone: exactly at input scale 1, and up to the bilinear
+    resize's edges at the weights' scale 2 (the windows are cut from the tile resized whole)."""
     rng = np.random.default_rng(5)
     tiles = (0.2 + 0.05 * rng.standard_normal((1, 128, 128))).astype(np.float32)
     tiles[:, 60:63, 40:43] += 0.6
-    whole = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2))
-    small = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, window_px=64, window_halo_px=16),
-                          margin_px=32)
-    probs = small.predict(tiles)
-    alone = whole.predict(np.ascontiguousarray(tiles[:, 16:80, 16:80]))
-    # the window at tile pixel 16 keeps tile pixels 32..64 (bilinear resize edges differ by a pixel)
-    np.testing.assert_allclose(probs[:, 34:62, 34:62], alone[:, 18:46, 18:46], rtol=0, atol=2e-3)
-    assert not np.allclose(probs[:, 32:96, 32:96], whole.predict(tiles)[:, 32:96, 32:96], atol=1e-3)
+    for input_scale, atol in ((1.0, 1e-4), (2.0, 2e-2)):
+        spec = InferenceSpec(device="cpu", amp=False, torch_threads=2, input_scale=input_scale)
+        whole = TilePredictor(spec)
+        small = TilePredictor(dataclasses.replace(spec, window_px=64, window_halo_px=16), margin_px=32)
+        probs = small.predict(tiles)
+        alone = whole.predict(np.ascontiguousarray(tiles[:, 16:80, 16:80]))
+        # the window at tile pixel 16 keeps tile pixels 32..64
+        np.testing.assert_allclose(probs[:, 32:64, 32:64], alone[:, 16:48, 16:48], rtol=0, atol=atol)
+        assert probs[0, 61, 41] > 0.5  # the target is in that core
+        assert not np.allclose(probs[:, 32:96, 32:96], whole.predict(tiles)[:, 32:96, 32:96], atol=1e-3)
 
 
 def test_window_options_are_checked() -> None:
