@@ -10,9 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from mim_model.weights import DEFAULT_SCAN_WEIGHTS_PATH, DEFAULT_WEIGHTS_PATH, read_metadata, weights_sha256
+from mim_model.weights import (
+    DEFAULT_SCAN_WEIGHTS_PATH,
+    DEFAULT_WEIGHTS_PATH,
+    read_metadata,
+    weights_sha256,
+)
 from pipeline.errors import InputError
-from pipeline.infer import InferenceSpec, TilePredictor, check_tile_scale, pad_batch, resolve_weights_path
+from pipeline.infer import (
+    InferenceSpec,
+    TilePredictor,
+    check_tile_scale,
+    pad_batch,
+    resolve_weights_path,
+)
 
 
 def test_pad_batch_appends_empty_tiles_only_when_short() -> None:
