@@ -4,7 +4,7 @@
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
-    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val] [--input-scale 3] [--tile-px 256 --halo-px 64]
+    python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val [--val-seed 13]] [--input-scale 3] [--tile-px 256 --halo-px 64]
         [--window-px 64 --window-halo-px 16] [--keep DIR]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
@@ -19,8 +19,8 @@ validation crops (val-split targets on procedural clutter) at each weights' thre
 ``scene-recall``: targets found within 3 px on the scan accuracy test's 4000^2 Sentinel-2
 scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``); with
 ``--targets val`` on a validation scene built the same way from *val-split* targets at
-other places (seed 12), where scan settings such as ``--input-scale`` are chosen before
-the test scene is run with them.
+other places (seed 12; ``--val-seed`` builds further validation scenes), where scan
+settings such as ``--input-scale`` are chosen before the test scene is run with them.
 
 Data: ``$IRSCAN_SHARED_DATA`` or ../shared/data. Prints one JSON object per result.
 Nothing here chooses weights for the package on test data: ``val`` and ``land-val`` are
@@ -198,7 +198,9 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     side_px, core_px = 4000, 384
     scene = work / "s2_b12_mosaic.tif"
     data = shared_data_dir()
-    seed = {"test": 11, "val": 12}[args.targets]
+    if args.targets == "test" and args.val_seed != 12:
+        sys.exit("bench_accuracy: --val-seed: expected only with --targets val (the test scene's seed is 11)")
+    seed = 11 if args.targets == "test" else args.val_seed
     truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", args.targets), count=60,
                         core_px=core_px, straddle=24, seed=seed, nodata_band=(4 * core_px, side_px))
     extra = ["--input-scale", str(args.input_scale)] if args.input_scale is not None else []
@@ -216,7 +218,8 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
         report = json.loads((out / scene.stem / "report.json").read_text())
         rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
         found = sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
-        print(json.dumps({"weights": path, "targets_split": args.targets, "input_scale": args.input_scale,
+        print(json.dumps({"weights": path, "targets_split": args.targets, "scene_seed": seed,
+                          "input_scale": args.input_scale,
                           "tile_px": args.tile_px, "halo_px": args.halo_px,
                           "window_px": args.window_px, "window_halo_px": args.window_halo_px,
                           "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
@@ -247,6 +250,8 @@ def main() -> None:
     p.add_argument("weights", nargs="+")
     p.add_argument("--targets", choices=("test", "val"), default="test",
                    help="test: the accuracy test's scene; val: a validation scene of val-split targets")
+    p.add_argument("--val-seed", type=int, default=12,
+                   help="with --targets val: the validation scene's seed (places and targets) [12]")
     p.add_argument("--input-scale", type=float, default=None, help="irscan scan --input-scale [the weights']")
     p.add_argument("--tile-px", type=int, default=512, help="irscan scan --tile-px [512]")
     p.add_argument("--halo-px", type=int, default=64, help="irscan scan --halo-px [64]")

@@ -194,10 +194,11 @@ class TilePredictor:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.model = load_model(resolve_weights_path(spec), device=self.device)
+        weights_path = resolve_weights_path(spec)
+        self.model = load_model(weights_path, device=self.device)
         self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
         self.input_scale = resolve_input_scale(spec)
-        self.weights_sha256 = weights_sha256(resolve_weights_path(spec))
+        self.weights_sha256 = weights_sha256(weights_path)
         backends = scan_backends()
         log.info(
             "tile predictor on %s (pid %d): layout %s, threshold %.3f, scan backends %s",
