@@ -50,7 +50,7 @@ from mim_model.training.inference import (
     weights_threshold,
 )
 from mim_model.training.metrics import ThresholdSweep
-from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model
+from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata, save_safetensors
 from tests.scene_builder import shared_data_dir
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -94,13 +94,30 @@ def _averaged(paths: list[str]) -> torch.nn.Module:
 def cmd_val(args: argparse.Namespace) -> None:
     split = _split(args.split)
     scales = [float(x) for x in args.scales.split(",")]
+    if args.save and not (args.average and args.split == "val" and len(scales) == 1):
+        sys.exit(f"bench_accuracy: --save: expected --average, --split val and one scale, got {sys.argv[2:]}")
     named = [("average of " + ", ".join(args.weights), _averaged(args.weights))] if args.average else [
         (w, load_model(w)) for w in args.weights]
     for name, model in named:
         runs = [_probs(model, split, scale) for scale in scales]
         probs = [sum(parts) / len(parts) for parts in zip(*runs, strict=True)]
-        print(json.dumps({"weights": name, "split": args.split, "scales": scales, **_sweep(probs, split.masks)}),
-              flush=True)
+        result = _sweep(probs, split.masks)
+        print(json.dumps({"weights": name, "split": args.split, "scales": scales, **result}), flush=True)
+        if args.save:
+            if scales[0] != weights_input_scale(model):
+                sys.exit(f"bench_accuracy: --scales: expected the weights' {weights_input_scale(model)}, got {scales[0]}")
+            _save_soup(model, args.weights, result, args.save)
+
+
+def _save_soup(model: torch.nn.Module, paths: list[str], result: dict, out: str) -> None:
+    """Write an averaged model as float16 weights, with the threshold best on val and the
+    first file's metadata otherwise (the same network, scale and normalisation)."""
+    meta = read_metadata(paths[0])
+    meta.pop("mim_config", None)
+    meta.update(threshold=f"{result['best_threshold']:.4f}", epoch="average",
+                soup_of=json.dumps([Path(p).name for p in paths]),
+                val_metrics=json.dumps(result["best"]))
+    save_safetensors(model, out, metadata=meta)
 
 
 def cmd_val_errors(args: argparse.Namespace) -> None:
@@ -234,6 +251,8 @@ def main() -> None:
     p.add_argument("--scales", default="2")
     p.add_argument("--average", action="store_true")
     p.add_argument("--split", choices=("val", "train"), default="val", help="never test: nothing is chosen on it")
+    p.add_argument("--save", metavar="FILE", help="with --average and --split val: write the average as weights, "
+                   "with the threshold best on val")
     p.set_defaults(run=cmd_val)
     p = sub.add_parser("val-errors")
     p.add_argument("weights", nargs="?", default=str(DEFAULT_WEIGHTS_PATH))
