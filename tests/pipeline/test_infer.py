@@ -39,9 +39,11 @@ def test_scan_runs_its_own_packaged_weights_unless_told_otherwise() -> None:
     assert resolve_weights_path(InferenceSpec()) == DEFAULT_SCAN_WEIGHTS_PATH
     chosen = InferenceSpec(weights_path=str(DEFAULT_WEIGHTS_PATH))
     assert resolve_weights_path(chosen) == DEFAULT_WEIGHTS_PATH
-    assert TilePredictor(InferenceSpec(device="cpu", torch_threads=1)).weights_sha256 == weights_sha256(
-        DEFAULT_SCAN_WEIGHTS_PATH) != weights_sha256(DEFAULT_WEIGHTS_PATH)
+    predictor = TilePredictor(InferenceSpec(device="cpu", torch_threads=1))
+    assert predictor.weights_sha256 == weights_sha256(DEFAULT_SCAN_WEIGHTS_PATH) != weights_sha256(DEFAULT_WEIGHTS_PATH)
     scan, sirst = read_metadata(DEFAULT_SCAN_WEIGHTS_PATH), read_metadata(DEFAULT_WEIGHTS_PATH)
+    # the model loaded is the scan's: its stored threshold (0.65) is not the SIRST weights' (0.5)
+    assert predictor.threshold == float(scan["threshold"]) != float(sirst["threshold"])
     # the same network at the same input scale; trained with many targets a synthetic crop
     assert scan["mim_config"] == sirst["mim_config"] and scan["input_scale"] == sirst["input_scale"] == "2.0"
     assert json.loads(scan["train_config"])["synthetic"]["max_targets"] == 24
