@@ -50,7 +50,12 @@ from mim_model.training.inference import (
     weights_threshold,
 )
 from mim_model.training.metrics import ThresholdSweep
-from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata, save_safetensors
+from mim_model.weights import (
+    DEFAULT_WEIGHTS_PATH,
+    load_model,
+    read_metadata,
+    save_safetensors,
+)
 from tests.scene_builder import shared_data_dir
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
