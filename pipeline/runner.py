@@ -49,6 +49,7 @@ from pipeline.infer import (
     TilePredictor,
     check_tile_scale,
     pad_batch,
+    resolve_input_scale,
     resolve_threshold,
     resolve_weights_path,
 )
@@ -634,7 +635,11 @@ def _write_scene_outputs(
         # the inference actors' share of the scene's wall time spent in forward passes
         "device_busy": round(run.infer_s / (scene_wall * len(devices)), 3) if scene_wall > 0 and devices else None,
         "devices": devices,
+        # the weights and decision settings in effect (the config holds None for "the default")
+        "weights_path": str(resolve_weights_path(config.inference)),
         "weights_sha256": weights_sha,
+        "threshold": resolve_threshold(config.inference),
+        "input_scale": resolve_input_scale(config.inference),
         "config": config.to_dict(),
         "outputs": {k: str(v) for k, v in paths.items()} | {"mask": str(run.store_path)},
         "versions": _versions(),

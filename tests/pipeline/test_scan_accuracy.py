@@ -81,6 +81,8 @@ def test_targets_found_once_with_exact_georeferencing(scene_with_truth, tmp_path
           f"{len(straddling)}, detections {len(frame)}, {report['mpx_per_s']} Mpx/s")
     assert recall >= RECALL_FLOOR, f"found {found} of {len(truth)} targets within 3 px"
     assert report["weights_sha256"] == weights_sha256(DEFAULT_SCAN_WEIGHTS_PATH), "scan ran other weights"
+    assert report["weights_path"] == str(DEFAULT_SCAN_WEIGHTS_PATH)
+    assert (report["threshold"], report["input_scale"]) == (0.65, 2.0)  # stored with the scan weights
     tiles_per_row = -(-SIDE_PX // CORE_PX)
     assert report["tiles"]["done"] == 4 * tiles_per_row
     assert report["tiles"]["skipped"] == tiles_per_row * tiles_per_row - 4 * tiles_per_row

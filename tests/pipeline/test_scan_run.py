@@ -19,7 +19,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from mim_model import MiM
-from mim_model.weights import save_safetensors
+from mim_model.weights import save_safetensors, weights_sha256
 from pipeline.cli.main import cli
 from pipeline.stitch import MASK_NODATA
 
@@ -74,6 +74,8 @@ def test_any_shape_is_covered_exactly(local_ray, random_weights, tmp_path, shape
     report = json.loads((out / "report.json").read_text())
     n_tiles = -(-shape[0] // 96) * -(-shape[1] // 96)
     assert report["tiles"] == {"total": n_tiles, "done": n_tiles, "skipped": 0, "failed": 0, "resumed": 0}
+    assert report["weights_path"] == str(random_weights)
+    assert report["weights_sha256"] == weights_sha256(random_weights)
     frame = gpd.read_parquet(out / "detections.parquet")
     assert len(frame) == report["detections"]
     for suffix in ("gpkg", "geojson"):
