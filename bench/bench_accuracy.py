@@ -103,14 +103,14 @@ def cmd_val(args: argparse.Namespace) -> None:
         sys.exit(f"bench_accuracy: --save: expected --average, --split val and one scale, got {sys.argv[2:]}")
     named = [("average of " + ", ".join(args.weights), _averaged(args.weights))] if args.average else [
         (w, load_model(w)) for w in args.weights]
+    if args.save and scales[0] != weights_input_scale(named[0][1]):
+        sys.exit(f"bench_accuracy: --scales: expected the weights' {weights_input_scale(named[0][1])}, got {scales[0]}")
     for name, model in named:
         runs = [_probs(model, split, scale) for scale in scales]
         probs = [sum(parts) / len(parts) for parts in zip(*runs, strict=True)]
         result = _sweep(probs, split.masks)
         print(json.dumps({"weights": name, "split": args.split, "scales": scales, **result}), flush=True)
         if args.save:
-            if scales[0] != weights_input_scale(model):
-                sys.exit(f"bench_accuracy: --scales: expected the weights' {weights_input_scale(model)}, got {scales[0]}")
             _save_soup(model, args.weights, result, args.save)
 
 
@@ -220,9 +220,9 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     side_px, core_px = 4000, 384
     scene = work / "s2_b12_mosaic.tif"
     data = shared_data_dir()
-    if args.targets == "test" and args.val_seed != 12:
+    if args.targets == "test" and args.val_seed is not None:
         sys.exit("bench_accuracy: --val-seed: expected only with --targets val (the test scene's seed is 11)")
-    seed = 11 if args.targets == "test" else args.val_seed
+    seed = 11 if args.targets == "test" else 12 if args.val_seed is None else args.val_seed
     truth = build_scene(scene, side_px, side_px, load_target_chips(data / "sirst", args.targets), count=60,
                         core_px=core_px, straddle=24, seed=seed, nodata_band=(4 * core_px, side_px))
     extra = ["--input-scale", str(args.input_scale)] if args.input_scale is not None else []
@@ -274,7 +274,7 @@ def main() -> None:
     p.add_argument("weights", nargs="+")
     p.add_argument("--targets", choices=("test", "val"), default="test",
                    help="test: the accuracy test's scene; val: a validation scene of val-split targets")
-    p.add_argument("--val-seed", type=int, default=12,
+    p.add_argument("--val-seed", type=int, default=None,
                    help="with --targets val: the validation scene's seed (places and targets) [12]")
     p.add_argument("--input-scale", type=float, default=None, help="irscan scan --input-scale [the weights']")
     p.add_argument("--tile-px", type=int, default=512, help="irscan scan --tile-px [512]")

@@ -583,7 +583,7 @@ def _short(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------- outputs
 def _write_scene_outputs(
-    run: SceneRun, config: ScanConfig, devices: list[dict], wall_s: float, weights_sha: str, actor_start_s: float
+    run: SceneRun, config: ScanConfig, devices: list[dict], wall_s: float, weights: dict, actor_start_s: float
 ) -> SceneResult:
     from pipeline.quicklook import write_quicklook
 
@@ -636,10 +636,7 @@ def _write_scene_outputs(
         "device_busy": round(run.infer_s / (scene_wall * len(devices)), 3) if scene_wall > 0 and devices else None,
         "devices": devices,
         # the weights and decision settings in effect (the config holds None for "the default")
-        "weights_path": str(resolve_weights_path(config.inference)),
-        "weights_sha256": weights_sha,
-        "threshold": resolve_threshold(config.inference),
-        "input_scale": resolve_input_scale(config.inference),
+        **weights,
         "config": config.to_dict(),
         "outputs": {k: str(v) for k, v in paths.items()} | {"mask": str(run.store_path)},
         "versions": _versions(),
@@ -693,7 +690,10 @@ def run_scans(
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
         threshold = resolve_threshold(config.inference)
         check_tile_scale(config.inference, config.tiling.tile_px)
-        weights_sha = weights_sha256(resolve_weights_path(config.inference))
+        weights_path = resolve_weights_path(config.inference)
+        weights_sha = weights_sha256(weights_path)
+        weights = {"weights_path": str(weights_path), "weights_sha256": weights_sha, "threshold": threshold,
+                   "input_scale": resolve_input_scale(config.inference)}
         fingerprint = config.output_fingerprint(weights_sha)
         for run in runs:
             _open_or_create_store(run, config, threshold, fingerprint)
@@ -706,7 +706,7 @@ def run_scans(
             scheduler.run()
             wall_s = time.time() - wall_start
             results = [
-                _write_scene_outputs(r, config, scheduler.devices, wall_s, weights_sha, scheduler.actor_start_s)
+                _write_scene_outputs(r, config, scheduler.devices, wall_s, weights, scheduler.actor_start_s)
                 for r in runs
             ]
             if overviews or statistics:
