@@ -14,7 +14,10 @@ Training samples are square crops of ``crop_px`` (a multiple of 64) after a rand
 and a random element of the dihedral group D4 (flips and 90-degree turns). With
 probability ``p_target_crop`` the crop is placed so that it contains a random target
 pixel; otherwise it is uniform. Where the (rescaled) image is smaller than the crop the
-rest is zero (black), as ACM's loader does; evaluation pads with zeros too. Optionally a
+rest is zero (black), as ACM's loader does; evaluation pads with zeros too. With
+``mosaic`` n > 1 a real crop is n x n such crops of ``crop_px / n`` side by side, each from an
+image drawn at random (the first from the sampled index): a crop as large as a scanned tile
+then holds real images throughout, not mostly padding. Optionally a
 share of the crops are synthetic: SIRST train targets on satellite IR backgrounds
 (:mod:`mim_model.training.synthetic`).
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +51,8 @@ __all__ = [
     "load_grey",
     "load_grey01",
     "load_mask",
+    "augment_sample",
+    "mosaic_sample",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,6 +249,9 @@ class Augment:
         Probability of a Gaussian blur of radius uniform in (0, ``blur_radius_px``).
     blur_radius_px : float
         Largest blur radius in pixels.
+    mosaic : int
+        A real crop is ``mosaic`` x ``mosaic`` crops of ``crop_px / mosaic`` px, each from a
+        random image (1: one crop of one image).
     """
 
     scale_range: tuple[float, float] = (0.6, 1.6)
@@ -253,8 +261,11 @@ class Augment:
     contrast: float = 0.2
     p_blur: float = 0.2
     blur_radius_px: float = 1.0
+    mosaic: int = 1
 
     def __post_init__(self) -> None:
+        if self.mosaic < 1:
+            raise ValueError(f"mosaic: expected a whole number >= 1, got {self.mosaic}")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: expected 0 < low <= high, got {self.scale_range}")
@@ -359,6 +370,37 @@ def augment_sample(
     return np.ascontiguousarray(img), np.ascontiguousarray(msk)
 
 
+def mosaic_sample(
+    images: Sequence[npt.NDArray[np.uint8]],
+    masks: Sequence[npt.NDArray[np.bool_]],
+    index: int,
+    crop_px: int,
+    aug: Augment,
+    rng: np.random.Generator,
+    base_scale: float = 1.0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """A real training crop: ``aug.mosaic`` x ``aug.mosaic`` augmented crops side by side.
+
+    Each cell is :func:`augment_sample` of ``crop_px / aug.mosaic`` px; the top-left cell
+    comes from ``images[index]``, the others from images drawn with ``rng``. With
+    ``aug.mosaic`` 1 this is ``augment_sample(images[index], ...)``.
+    """
+    n = aug.mosaic
+    if n == 1:
+        return augment_sample(images[index], masks[index], crop_px, aug, rng, base_scale)
+    if crop_px % n:
+        raise ValueError(f"crop_px: expected a multiple of mosaic {n}, got {crop_px}")
+    cell_px = crop_px // n
+    img = np.empty((crop_px, crop_px), np.float32)
+    msk = np.empty((crop_px, crop_px), np.float32)
+    for k in range(n * n):
+        source = index if k == 0 else int(rng.integers(len(images)))
+        r, c = divmod(k, n)
+        cell = np.s_[r * cell_px : (r + 1) * cell_px, c * cell_px : (c + 1) * cell_px]
+        img[cell], msk[cell] = augment_sample(images[source], masks[source], cell_px, aug, rng, base_scale)
+    return img, msk
+
+
 def random_d4(
     image: npt.NDArray[np.float32], mask: npt.NDArray[np.float32], rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -401,7 +443,7 @@ class TrainCrops(torch.utils.data.Dataset):
         if self.synthetic is not None and rng.random() < self.synthetic.spec.p_synthetic:
             img, msk = self.synthetic.sample(self.crop_px, rng, self.base_scale * _draw_scale(self.aug, rng))
             return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
-        img, msk = augment_sample(self.images[index], self.masks[index], self.crop_px, self.aug, rng, self.base_scale)
+        img, msk = mosaic_sample(self.images, self.masks, index, self.crop_px, self.aug, rng, self.base_scale)
         return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
 
 

@@ -256,6 +256,8 @@ class TrainConfig:
             raise bad("layout", "'spatial' or 'official'")
         if self.crop_px <= 0 or self.crop_px % 64:
             raise bad("crop_px", "a positive multiple of 64")
+        if self.crop_px % self.augment.mosaic:
+            raise bad("crop_px", f"a multiple of the augmentation's mosaic {self.augment.mosaic}")
         for name in ("batch_size", "epochs", "epoch_repeats", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")

@@ -79,6 +79,8 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--scale-range", type=(float, float), default=None, metavar="LOW HIGH",
               help="Rescale augmentation: factor on --input-scale drawn log-uniform in [LOW, HIGH]. [0.6 1.6]")
 @click.option("--p-target-crop", type=float, help="Share of the crops placed to hold a target. [0.8]")
+@click.option("--mosaic", type=int,
+              help="A real crop is N x N crops of --crop-px / N side by side, each from a random image. [1]")
 @click.option("--land-val-crops", type=int,
               help="Also log Pd/Fa on this many val-target crops on procedural land at each evaluation. [0]")
 @click.option("--ema-decay", type=float,
@@ -122,9 +124,9 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         if synthetic:
             overrides["synthetic"] = _settings(
                 SyntheticSpec, "--p-synthetic/--p-clutter/--synthetic-paste/--synthetic-max-targets", synthetic)
-        augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop") if k in overrides}
+        augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop", "mosaic") if k in overrides}
         if augment:
-            overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop", augment)
+            overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop/--mosaic", augment)
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)

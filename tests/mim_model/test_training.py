@@ -18,6 +18,7 @@ from mim_model.training.data import (
     SirstSplit,
     augment_sample,
     load_grey01,
+    mosaic_sample,
     read_split,
 )
 from mim_model.training.inference import axis_tiles, padded_side, predict_probs
@@ -84,6 +85,45 @@ def test_augment_shapes_padding_and_target_crops() -> None:
         assert (x == 0).sum() == 64 * (64 - 40)  # rows past the 40-px image are zero padding
     x, y = augment_sample(img, mask, 64, Augment(), rng)
     assert x.shape == (64, 64) and 0 <= x.min() and x.max() <= 1
+
+
+def test_mosaic_cells_are_whole_crops_of_random_images() -> None:
+    # Five 40x40 images of distinct grey levels (k * 40 + 20), each with one 2x2 target at a
+    # known place; no jitter, no rescale, no flips: each 32-px cell of a 64-px mosaic is one
+    # image (level known), its target inside, and the first cell is the sampled index's.
+    images = [np.full((40, 40), k * 40 + 20, np.uint8) for k in range(5)]
+    masks = []
+    for k in range(5):
+        m = np.zeros((40, 40), bool)
+        m[10 + k : 12 + k, 20:22] = True
+        masks.append(m)
+    aug = Augment(scale_range=(1.0, 1.0), p_target_crop=1.0, flips=False, brightness=0, contrast=0, p_blur=0,
+                  mosaic=2)
+    rng = np.random.default_rng(0)
+    sources = set()
+    for trial in range(20):
+        index = trial % 5
+        x, y = mosaic_sample(images, masks, index, 64, aug, rng)
+        assert x.shape == y.shape == (64, 64) and x.dtype == y.dtype == np.float32
+        for r in range(2):
+            for c in range(2):
+                cell_x, cell_y = x[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32], y[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
+                levels = np.unique(np.round(cell_x * 255))
+                assert len(levels) == 1  # one image fills the cell (a 40-px image covers 32 px)
+                source = (int(levels[0]) - 20) // 40
+                sources.add(source)
+                if (r, c) == (0, 0):
+                    assert source == index
+                assert cell_y.sum() == 4  # that image's target, whole, inside its cell
+    assert sources == set(range(5))  # the other cells draw from the whole split
+    one = Augment(scale_range=(1.0, 1.0), p_target_crop=1.0, flips=False, brightness=0, contrast=0, p_blur=0)
+    a = mosaic_sample(images, masks, 3, 64, one, np.random.default_rng(7))
+    b = augment_sample(images[3], masks[3], 64, one, np.random.default_rng(7))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))  # mosaic 1 is the plain crop
+    with pytest.raises(ValueError, match="mosaic: expected a whole number >= 1, got 0"):
+        Augment(mosaic=0)
+    with pytest.raises(TrainError, match="crop_px: expected a multiple of the augmentation's mosaic 3, got 128"):
+        TrainConfig(data_dir="d", out_dir="o", crop_px=128, augment=Augment(mosaic=3))
 
 
 def test_epoch_sampler_is_deterministic_per_epoch() -> None:
