@@ -30,6 +30,7 @@ the validation figures, ``scene-recall`` is the test of the scan issue.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import tempfile
@@ -55,6 +56,7 @@ from mim_model.weights import (
     load_model,
     read_metadata,
     save_safetensors,
+    weights_sha256,
 )
 from tests.scene_builder import shared_data_dir
 
@@ -115,12 +117,22 @@ def cmd_val(args: argparse.Namespace) -> None:
 
 
 def _save_soup(model: torch.nn.Module, paths: list[str], result: dict, out: str) -> None:
-    """Write an averaged model as float16 weights, with the threshold best on val and the
-    first file's metadata otherwise (the same network, scale and normalisation)."""
-    meta = read_metadata(paths[0])
-    meta.pop("mim_config", None)
+    """Write an averaged model as float16 weights with the threshold best on val.
+
+    What the members share (data, scale, layout, normalisation) is kept from the first; what
+    is one member's own (its training config, epoch, commit) is listed per member under
+    ``soup_members``, with each file's sha256, so that the soup can be traced to its runs.
+    """
+    own = ("train_config", "epoch", "epochs_trained", "git_commit", "created", "val_metrics", "soup_of",
+           "soup_members", "mim_config")
+    metas = [read_metadata(p) for p in paths]
+    meta = {k: v for k, v in metas[0].items() if k not in own}
+    members = [{"file": Path(p).name, "sha256": weights_sha256(p),
+                **{k: m[k] for k in ("epoch", "epochs_trained", "git_commit", "threshold") if k in m},
+                "train_config": json.loads(m.get("train_config", "{}"))} for p, m in zip(paths, metas, strict=True)]
     meta.update(threshold=f"{result['best_threshold']:.4f}", epoch="average",
-                soup_of=json.dumps([Path(p).name for p in paths]),
+                created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                soup_of=json.dumps([Path(p).name for p in paths]), soup_members=json.dumps(members),
                 val_metrics=json.dumps(result["best"]))
     save_safetensors(model, out, metadata=meta)
 

@@ -42,11 +42,15 @@ def test_scan_runs_its_own_packaged_weights_unless_told_otherwise() -> None:
     predictor = TilePredictor(InferenceSpec(device="cpu", torch_threads=1))
     assert predictor.weights_sha256 == weights_sha256(DEFAULT_SCAN_WEIGHTS_PATH) != weights_sha256(DEFAULT_WEIGHTS_PATH)
     scan, sirst = read_metadata(DEFAULT_SCAN_WEIGHTS_PATH), read_metadata(DEFAULT_WEIGHTS_PATH)
-    # the model loaded is the scan's: its stored threshold (0.65) is not the SIRST weights' (0.5)
+    # the model loaded is the scan's: its stored threshold (0.55) is not the SIRST weights' (0.5)
     assert predictor.threshold == float(scan["threshold"]) != float(sirst["threshold"])
-    # the same network at the same input scale; trained with many targets a synthetic crop
+    # the same network at the same input scale; an average of three runs, all with many targets
+    # a synthetic crop, two of them on 1024 px crops (the scan's own input size)
     assert scan["mim_config"] == sirst["mim_config"] and scan["input_scale"] == sirst["input_scale"] == "2.0"
-    assert json.loads(scan["train_config"])["synthetic"]["max_targets"] == 24
+    members = json.loads(scan["soup_members"])
+    assert [m["file"] for m in members] == json.loads(scan["soup_of"]) and len(members) == 3
+    assert [m["train_config"]["synthetic"]["max_targets"] for m in members] == [24, 128, 128]
+    assert [m["train_config"]["crop_px"] for m in members] == [512, 1024, 1024]
 
 
 def test_padded_batch_gives_the_same_probabilities_as_the_short_one() -> None:
