@@ -107,7 +107,8 @@ def test_mosaic_cells_are_whole_crops_of_random_images() -> None:
         assert x.shape == y.shape == (64, 64) and x.dtype == y.dtype == np.float32
         for r in range(2):
             for c in range(2):
-                cell_x, cell_y = x[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32], y[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
+                cell = np.s_[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
+                cell_x, cell_y = x[cell], y[cell]
                 levels = np.unique(np.round(cell_x * 255))
                 assert len(levels) == 1  # one image fills the cell (a 40-px image covers 32 px)
                 source = (int(levels[0]) - 20) // 40
