@@ -49,7 +49,6 @@ from pipeline.infer import (
     TilePredictor,
     check_tile_scale,
     pad_batch,
-    resolve_input_scale,
     resolve_threshold,
     resolve_weights_path,
 )
@@ -689,11 +688,11 @@ def run_scans(
     with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
         threshold = resolve_threshold(config.inference)
-        check_tile_scale(config.inference, config.tiling.tile_px)
+        input_scale = check_tile_scale(config.inference, config.tiling.tile_px)
         weights_path = resolve_weights_path(config.inference)
         weights_sha = weights_sha256(weights_path)
         weights = {"weights_path": str(weights_path), "weights_sha256": weights_sha, "threshold": threshold,
-                   "input_scale": resolve_input_scale(config.inference)}
+                   "input_scale": input_scale}
         fingerprint = config.output_fingerprint(weights_sha)
         for run in runs:
             _open_or_create_store(run, config, threshold, fingerprint)
