@@ -383,11 +383,9 @@ def mosaic_sample(
 
     Each cell is :func:`augment_sample` of ``crop_px / aug.mosaic`` px; the top-left cell
     comes from ``images[index]``, the others from images drawn with ``rng``. With
-    ``aug.mosaic`` 1 this is ``augment_sample(images[index], ...)``.
+    ``aug.mosaic`` 1 this is ``augment_sample(images[index], ...)`` (one cell, no draw).
     """
     n = aug.mosaic
-    if n == 1:
-        return augment_sample(images[index], masks[index], crop_px, aug, rng, base_scale)
     if crop_px % n:
         raise ValueError(f"crop_px: expected a multiple of mosaic {n}, got {crop_px}")
     cell_px = crop_px // n
