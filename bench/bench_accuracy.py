@@ -5,7 +5,7 @@
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
     python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val [--val-seed 13]] [--input-scale 3] [--tile-px 256 --halo-px 64]
-        [--window-px 64 --window-halo-px 16] [--keep DIR]
+        [--window-px 64 --window-halo-px 16] [--keep DIR] [--thresholds 0.5,0.45]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
@@ -250,14 +250,65 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
             sys.exit(f"bench_accuracy: scan with {path} failed: {result.output.strip()}")
         frame = gpd.read_parquet(out / scene.stem / "detections.parquet")
         report = json.loads((out / scene.stem / "report.json").read_text())
-        rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
-        found = sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
-        print(json.dumps({"weights": path, "targets_split": args.targets, "scene_seed": seed,
-                          "input_scale": args.input_scale,
-                          "tile_px": args.tile_px, "halo_px": args.halo_px,
-                          "window_px": args.window_px, "window_halo_px": args.window_halo_px,
-                          "found": found, "targets": len(truth), "recall": round(found / len(truth), 4),
-                          "detections": len(frame), "mpx_per_s": report.get("mpx_per_s")}), flush=True)
+        found = _found(truth, frame["row"].to_numpy(), frame["col"].to_numpy())
+        common = {"weights": path, "targets_split": args.targets, "scene_seed": seed,
+                  "input_scale": args.input_scale, "tile_px": args.tile_px, "halo_px": args.halo_px,
+                  "window_px": args.window_px, "window_halo_px": args.window_halo_px}
+        print(json.dumps({**common, "threshold": report["threshold"], "found": found, "targets": len(truth),
+                          "recall": round(found / len(truth), 4), "detections": len(frame),
+                          "mpx_per_s": report.get("mpx_per_s")}), flush=True)
+        if args.thresholds:
+            _rethreshold(out / scene.stem / "mask.zarr", truth, frame, common, args.thresholds)
+
+
+def _found(truth: list, rows: np.ndarray, cols: np.ndarray) -> int:
+    """Targets with a detection's centroid closer than 3 px."""
+    return sum(bool(np.any(np.hypot(rows - t.row, cols - t.col) < 3.0)) for t in truth)
+
+
+def _rethreshold(store_path: Path, truth: list, frame, common: dict, thresholds: list[float]) -> None:
+    """Found and detections at other thresholds, from one scan's stored probability.
+
+    The mask is what the scan writes (``probability > threshold``, 255 where the probability
+    is NaN, i.e. nodata) and the objects come from :func:`pipeline.vectorize.vectorize_ref`,
+    which gives exactly what the scan's chunked vectorisation gives. Checked first: at the
+    scan's own threshold it must reproduce the scan's detections, else nothing is printed.
+    """
+    from pipeline.stitch import MASK_BACKGROUND, MASK_NODATA, MASK_TARGET
+    from pipeline.vectorize import vectorize_ref
+    from pipeline.write_zarr import open_mask_store
+
+    store = open_mask_store(store_path)
+    prob = np.asarray(store.probability[...], dtype=np.float32)
+    nodata = ~np.isfinite(prob)
+
+    def objects(threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+        mask = np.where(prob > threshold, MASK_TARGET, MASK_BACKGROUND).astype(np.uint8)
+        mask[nodata] = MASK_NODATA
+        found = vectorize_ref(mask, prob, store.spec.core_px)
+        return np.array([d.row for d in found]), np.array([d.col for d in found]), len(found)
+
+    rows, cols, count = objects(store.threshold)
+    if count != len(frame) or not (np.allclose(np.sort(rows), np.sort(frame["row"].to_numpy()))
+                                   and np.allclose(np.sort(cols), np.sort(frame["col"].to_numpy()))):
+        sys.exit(f"bench_accuracy: --thresholds: re-thresholding {store_path} at the scan's threshold "
+                 f"{store.threshold} gave {count} objects, expected the scan's {len(frame)}")
+    for threshold in thresholds:
+        rows, cols, count = objects(threshold)
+        found = _found(truth, rows, cols)
+        print(json.dumps({**common, "threshold": threshold, "from": "rethreshold", "found": found,
+                          "targets": len(truth), "recall": round(found / len(truth), 4),
+                          "detections": count}), flush=True)
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated probabilities, got {text!r}") from None
+    if not all(0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected probabilities in [0, 1), got {text!r}")
+    return values
 
 
 def main() -> None:
@@ -294,6 +345,8 @@ def main() -> None:
     p.add_argument("--window-px", type=int, default=None, help="irscan scan --window-px [the scan's default]")
     p.add_argument("--window-halo-px", type=int, default=None, help="irscan scan --window-halo-px [the scan's default]")
     p.add_argument("--keep", metavar="DIR", help="build the scene and keep the scans' outputs in DIR [a temporary folder]")
+    p.add_argument("--thresholds", type=_thresholds, default=None, metavar="T1,T2,...",
+                   help="also count found and detections at these thresholds, from each scan's stored probability")
     p.set_defaults(run=cmd_scene_recall)
     args = parser.parse_args()
     args.run(args)
