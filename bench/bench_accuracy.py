@@ -5,7 +5,7 @@
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
     python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val [--val-seed 13]] [--input-scale 3] [--tile-px 256 --halo-px 64]
-        [--window-px 64 --window-halo-px 16] [--keep DIR] [--thresholds 0.5,0.45]
+        [--window-px 64 --window-halo-px 16] [--keep DIR] [--tta-flips] [--thresholds 0.5,0.45]
 
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
@@ -241,6 +241,8 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
     for option, value in (("--window-px", args.window_px), ("--window-halo-px", args.window_halo_px)):
         if value is not None:
             extra += [option, str(value)]
+    if args.tta_flips:
+        extra.append("--tta-flips")
     for index, path in enumerate(args.weights):
         out = work / f"out{index}"
         result = CliRunner().invoke(cli, ["scan", str(scene), "--out", str(out), "--tile-px", str(args.tile_px),
@@ -253,7 +255,7 @@ def _scene_recall(args: argparse.Namespace, work: Path) -> None:
         found = _found(truth, frame["row"].to_numpy(), frame["col"].to_numpy())
         common = {"weights": path, "targets_split": args.targets, "scene_seed": seed,
                   "input_scale": args.input_scale, "tile_px": args.tile_px, "halo_px": args.halo_px,
-                  "window_px": args.window_px, "window_halo_px": args.window_halo_px}
+                  "window_px": args.window_px, "window_halo_px": args.window_halo_px, "tta_flips": args.tta_flips}
         print(json.dumps({**common, "threshold": report["threshold"], "found": found, "targets": len(truth),
                           "recall": round(found / len(truth), 4), "detections": len(frame),
                           "mpx_per_s": report.get("mpx_per_s")}), flush=True)
@@ -345,6 +347,7 @@ def main() -> None:
     p.add_argument("--window-px", type=int, default=None, help="irscan scan --window-px [the scan's default]")
     p.add_argument("--window-halo-px", type=int, default=None, help="irscan scan --window-halo-px [the scan's default]")
     p.add_argument("--keep", metavar="DIR", help="build the scene and keep the scans' outputs in DIR [a temporary folder]")
+    p.add_argument("--tta-flips", action="store_true", help="irscan scan --tta-flips (4x the compute)")
     p.add_argument("--thresholds", type=_thresholds, default=None, metavar="T1,T2,...",
                    help="also count found and detections at these thresholds, from each scan's stored probability")
     p.set_defaults(run=cmd_scene_recall)
