@@ -85,8 +85,10 @@ def _sweep(probs: list[np.ndarray], masks: list[np.ndarray], thresholds=THRESHOL
     for prob, mask in zip(probs, masks, strict=True):
         sweep.update(prob, mask)
     threshold, best = sweep.best("iou")
-    at_half = sweep.results().get(0.5)
-    return {"best_threshold": threshold, "best": _compact(best), "at_0.5": _compact(at_half) if at_half else None}
+    results = sweep.results()
+    at_half = results.get(0.5)
+    return {"best_threshold": threshold, "best": _compact(best), "at_0.5": _compact(at_half) if at_half else None,
+            "iou_by_threshold": {f"{t:g}": round(float(r["iou"]), 6) for t, r in sorted(results.items())}}
 
 
 def _averaged(paths: list[str]) -> torch.nn.Module:
