@@ -20,7 +20,9 @@ validation crops (val-split targets on procedural clutter) at each weights' thre
 scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``); with
 ``--targets val`` on a validation scene built the same way from *val-split* targets at
 other places (seed 12; ``--val-seed`` builds further validation scenes), where scan
-settings such as ``--input-scale`` are chosen before the test scene is run with them.
+settings such as ``--input-scale`` are chosen before the test scene is run with them;
+``--thresholds`` also counts at other thresholds from each scan's stored probability
+(thresholded and vectorised as the scan does, checked against the scan's own detections first).
 
 Data: ``$IRSCAN_SHARED_DATA`` or ../shared/data. Prints one JSON object per result.
 Nothing here chooses weights for the package on test data: ``val`` and ``land-val`` are
