@@ -275,24 +275,21 @@ def _found(truth: list, rows: np.ndarray, cols: np.ndarray) -> int:
 def _rethreshold(store_path: Path, truth: list, frame, common: dict, thresholds: list[float]) -> None:
     """Found and detections at other thresholds, from one scan's stored probability.
 
-    The mask is what the scan writes (``probability > threshold``, 255 where the probability
-    is NaN, i.e. nodata) and the objects come from :func:`pipeline.vectorize.vectorize_ref`,
-    which gives exactly what the scan's chunked vectorisation gives. Checked first: at the
-    scan's own threshold it must reproduce the scan's detections, else nothing is printed.
+    The mask is the scan's own (:func:`pipeline.stitch.threshold_mask`) and the objects come
+    from :func:`pipeline.vectorize.vectorize_ref`, which gives exactly what the scan's chunked
+    vectorisation gives. Checked first: at the scan's own threshold it must reproduce the
+    scan's detections, else nothing is printed.
     """
-    from pipeline.stitch import MASK_BACKGROUND, MASK_NODATA, MASK_TARGET
+    from pipeline.stitch import threshold_mask
     from pipeline.vectorize import vectorize_ref
     from pipeline.write_zarr import open_mask_store
 
     store = open_mask_store(store_path)
     prob = np.asarray(store.probability[...], dtype=np.float32)
-    nodata = ~np.isfinite(prob)
 
     def objects(threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
-        mask = np.where(prob > threshold, MASK_TARGET, MASK_BACKGROUND).astype(np.uint8)
-        mask[nodata] = MASK_NODATA
-        found = vectorize_ref(mask, prob, store.spec.core_px)
-        return np.array([d.row for d in found]), np.array([d.col for d in found]), len(found)
+        detections = vectorize_ref(threshold_mask(prob, threshold), prob, store.spec.core_px)
+        return np.array([d.row for d in detections]), np.array([d.col for d in detections]), len(detections)
 
     rows, cols, count = objects(store.threshold)
     if count != len(frame) or not (np.allclose(np.sort(rows), np.sort(frame["row"].to_numpy()))

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "crop_core",
     "stitch_core",
+    "threshold_mask",
     "nodata_core",
     "core_is_nodata",
 ]
@@ -104,15 +105,23 @@ def stitch_core(
     if not 0.0 <= threshold < 1.0:
         raise InputError(f"stitch: threshold must be in [0, 1), got {threshold}")
     prob = np.array(crop_core(tile, np.asarray(prob_tile)), dtype=np.float32)  # copy
-    mask = np.where(prob > threshold, MASK_TARGET, MASK_BACKGROUND).astype(np.uint8)
     invalid = ~np.isfinite(prob)
     if valid_tile is not None:
         valid_core = np.asarray(crop_core(tile, np.asarray(valid_tile, dtype=bool)), dtype=bool)
         invalid |= ~valid_core
     if invalid.any():
         prob[invalid] = PROBABILITY_NODATA
-        mask[invalid] = MASK_NODATA
-    return prob, mask
+    return prob, threshold_mask(prob, threshold)
+
+
+def threshold_mask(prob: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.uint8]:
+    """The stored mask of a stored probability array: :data:`MASK_TARGET` where
+    ``prob > threshold``, :data:`MASK_NODATA` where ``prob`` is NaN (nodata), else
+    :data:`MASK_BACKGROUND`. Re-thresholding a scan's ``probability`` with it gives the mask
+    the scan would have written at that threshold."""
+    mask = np.where(prob > threshold, MASK_TARGET, MASK_BACKGROUND).astype(np.uint8)
+    mask[~np.isfinite(prob)] = MASK_NODATA
+    return mask
 
 
 def nodata_core(tile: Tile) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:

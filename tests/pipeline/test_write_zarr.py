@@ -15,7 +15,7 @@ from pipeline.errors import InputError, OutputExistsError
 from pipeline.grid import SceneGrid, pixel_centre_x, pixel_centre_y
 from pipeline.normalize import NormalizationSpec, apply, compute_stats
 from pipeline.scene import SceneReader, open_scene, read_window
-from pipeline.stitch import MASK_NODATA, core_is_nodata, crop_core, nodata_core, stitch_core
+from pipeline.stitch import MASK_NODATA, core_is_nodata, crop_core, nodata_core, stitch_core, threshold_mask
 from pipeline.tiling import TilingSpec, Window, plan_tiles, tile_at
 from pipeline.vectorize import vectorize_chunk
 from pipeline.write_zarr import create_mask_store, open_mask_store, write_core
@@ -57,6 +57,18 @@ def test_stitch_core_crops_thresholds_and_masks_nodata() -> None:
         crop_core(tile, np.zeros((60, 64)))
     np_, nm = nodata_core(tile)
     assert np.isnan(np_).all() and (nm == MASK_NODATA).all()
+
+
+def test_threshold_mask_of_the_stored_probability_is_the_mask_written_at_that_threshold() -> None:
+    tile = tile_at(128, 128, TilingSpec(64, 16), 1, 1)
+    rng = np.random.default_rng(3)
+    prob = rng.random((64, 64)).astype(np.float32)
+    valid = rng.random((64, 64)) > 0.2
+    stored, _ = stitch_core(tile, prob, valid, threshold=0.5)
+    for threshold in (0.1, 0.5, 0.9):
+        _, written = stitch_core(tile, prob, valid, threshold=threshold)
+        again = threshold_mask(stored, threshold)
+        assert np.array_equal(again, written) and 0 < int((again == 1).sum()) < again.size
 
 
 # ------------------------------------------------------------------ store layout
