@@ -144,7 +144,8 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     args = ["train", str(data), "--out", str(run), "--epochs", "1", "--eval-every", "1", "--crop-px", "64",
             "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--export", str(weights_out),
             "--scale-range", "0.9", "1.1", "--p-target-crop", "1", "--p-clutter", "0.5",
-            "--synthetic-paste", "native", "--synthetic-max-targets", "12"]
+            "--synthetic-paste", "native", "--synthetic-max-targets", "12", "--synthetic-busy-share", "0.5",
+            "--synthetic-busy-scr", "2.5", "3.5"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -157,7 +158,8 @@ def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
     assert augment["flips"] is True  # the other augmentations keep their defaults
     synthetic = torch.load(run / "last.pt", weights_only=True)["config"]["synthetic"]
     assert synthetic["p_clutter"] == 0.5 and synthetic["p_synthetic"] == 0.0 and synthetic["paste_at"] == "native"
-    assert synthetic["max_targets"] == 12
+    assert synthetic["max_targets"] == 12 and synthetic["busy_share"] == 0.5
+    assert tuple(synthetic["busy_scr_range"]) == (2.5, 3.5)
 
 
 @needs_sirst
@@ -186,6 +188,7 @@ def test_train_augmentation_options_fail_with_one_line(tmp_path: Path) -> None:
     for args, needle in ((["--scale-range", "2", "1"], "scale_range: expected 0 < low <= high, got (2.0, 1.0)"),
                          (["--p-target-crop", "1.5"], "p_target_crop: expected a probability in [0, 1], got 1.5"),
                          (["--p-synthetic", "2"], "p_synthetic: expected a probability in [0, 1], got 2.0"),
-                         (["--synthetic-max-targets", "0"], "max_targets: expected an integer >= 1, got 0")):
+                         (["--synthetic-max-targets", "0"], "max_targets: expected an integer >= 1, got 0"),
+                         (["--synthetic-busy-share", "-0.1"], "busy_share: expected a share in [0, 1], got -0.1")):
         result = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), *args])
         one_line_error(result, needle)

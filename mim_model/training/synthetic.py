@@ -20,6 +20,12 @@ is made here instead:
    ``"native"`` pastes the chips at the background's own resolution and rescales the
    composite (image bilinear, mask bilinear > 0.5), as a scanned scene with a real target
    reaches the network: target and ground blurred alike, no edge to tell them apart by.
+   A share ``busy_share`` of the targets is instead put on busy ground: the busiest of 16
+   random places (highest standard deviation of the background in the chip's box grown by
+   16 px of the scene, about the 33 x 33 px surroundings of a small target), with a peak
+   contrast of ``busy_scr_range`` times that deviation (its signal-to-clutter ratio),
+   clipped to ``contrast_range``: the targets the scan weights miss on land
+   (``docs/benchmarks.md``, "Where the scan weights miss").
 
 Keep the backgrounds used for training apart from those of any evaluation scene
 (the scan accuracy test uses the Sentinel-2 B12 crop of the shared data).
@@ -79,6 +85,12 @@ class SyntheticSpec:
         Paste the chips onto the background rescaled to the network's input (``"network"``)
         or at the background's own resolution before the rescaling (``"native"``, as a
         real scene is scanned); see the module docstring.
+    busy_share : float
+        Share of the pasted targets put on the busiest of 16 random places, with a contrast
+        set by ``busy_scr_range`` (0: every target at a uniform random place).
+    busy_scr_range : (float, float)
+        Signal-to-clutter ratio of a target on busy ground: its peak contrast over the
+        standard deviation of its surroundings, drawn uniformly.
     """
 
     p_synthetic: float = 0.0
@@ -86,6 +98,8 @@ class SyntheticSpec:
     max_targets: int = 4
     p_clutter: float = 0.0
     paste_at: str = "network"
+    busy_share: float = 0.0
+    busy_scr_range: tuple[float, float] = (2.0, 4.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_synthetic <= 1.0:
@@ -99,6 +113,11 @@ class SyntheticSpec:
             raise ValueError(f"p_clutter: expected a probability in [0, 1], got {self.p_clutter}")
         if self.paste_at not in PASTE_AT:
             raise ValueError(f"paste_at: expected one of {', '.join(PASTE_AT)}, got {self.paste_at!r}")
+        if not 0.0 <= self.busy_share <= 1.0:
+            raise ValueError(f"busy_share: expected a share in [0, 1], got {self.busy_share}")
+        lo, hi = self.busy_scr_range
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"busy_scr_range: expected 0 < low <= high, got {self.busy_scr_range}")
 
     @property
     def needs_rasters(self) -> bool:
@@ -241,7 +260,7 @@ def _paste_chips(
     scale: float,
 ) -> npt.NDArray[np.float32]:
     """Paste 1 to ``spec.max_targets`` chips, each rescaled by ``scale``, into ``image`` (in
-    place) at random places; return their 0/1 mask."""
+    place) at random places (``spec.busy_share`` of them on busy ground); return their 0/1 mask."""
     side_r, side_c = image.shape
     mask = np.zeros(image.shape, np.float32)
     lo, hi = spec.contrast_range
@@ -255,15 +274,42 @@ def _paste_chips(
             chip_mask = profile >= profile.max()
         if size[0] >= side_r or size[1] >= side_c:
             continue
-        tr = int(rng.integers(0, side_r - size[0] + 1))
-        tc = int(rng.integers(0, side_c - size[1] + 1))
+        # rng.random() only when busy targets are asked for: older recipes draw as before
+        if spec.busy_share > 0 and rng.random() < spec.busy_share:
+            tr, tc, clutter_std = _busiest_place(image, size, rng, margin_px=max(1, round(_BUSY_MARGIN_PX * scale)))
+            peak = float(np.clip(rng.uniform(*spec.busy_scr_range) * clutter_std, lo, hi))
+        else:
+            tr = int(rng.integers(0, side_r - size[0] + 1))
+            tc = int(rng.integers(0, side_c - size[1] + 1))
+            peak = float(rng.uniform(lo, hi))
         region = image[tr : tr + size[0], tc : tc + size[1]]
         local = float(np.median(region[~chip_mask])) if (~chip_mask).any() else float(np.median(region))
-        peak = float(rng.uniform(lo, hi))
         shaped = np.where(chip_mask, profile / max(float(profile[chip_mask].max()), 1e-6), 0.0)
         region[chip_mask] = np.maximum(region[chip_mask], np.minimum(local + shaped[chip_mask] * peak, 1.0))
         mask[tr : tr + size[0], tc : tc + size[1]][chip_mask] = 1.0
     return mask
+
+
+#: Places drawn for a target on busy ground, and its surroundings' margin in scene pixels.
+_BUSY_CANDIDATES = 16
+_BUSY_MARGIN_PX = 16
+
+
+def _busiest_place(
+    image: npt.NDArray[np.float32], size: tuple[int, int], rng: np.random.Generator, margin_px: int
+) -> tuple[int, int, float]:
+    """Of ``_BUSY_CANDIDATES`` random top-left corners for a box of ``size``, the one whose box
+    grown by ``margin_px`` has the highest standard deviation of ``image``: (row, col, std)."""
+    side_r, side_c = image.shape
+    rows = rng.integers(0, side_r - size[0] + 1, _BUSY_CANDIDATES)
+    cols = rng.integers(0, side_c - size[1] + 1, _BUSY_CANDIDATES)
+    best = (int(rows[0]), int(cols[0]), -1.0)
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        window = image[max(r - margin_px, 0) : r + size[0] + margin_px, max(c - margin_px, 0) : c + size[1] + margin_px]
+        std = float(window.std())
+        if std > best[2]:
+            best = (r, c, std)
+    return best
 
 
 def _vanished_peaks(resized: npt.NDArray[np.float32], mask: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
@@ -298,9 +344,10 @@ class SyntheticSource:
         px = sum(b.size for b in source.backgrounds)
         log.info(
             "synthetic samples (p=%.2f): %d backgrounds (%.2f Mpx), clutter share %.2f, %d target chips, "
-            "contrast %s, <= %d targets, pasted at %s resolution",
+            "contrast %s, <= %d targets, pasted at %s resolution, %.2f of them on busy ground at "
+            "signal-to-clutter %s",
             spec.p_synthetic, len(source.backgrounds), px / 1e6, spec.p_clutter, len(source.chips),
-            spec.contrast_range, spec.max_targets, spec.paste_at,
+            spec.contrast_range, spec.max_targets, spec.paste_at, spec.busy_share, spec.busy_scr_range,
         )
         return source
 

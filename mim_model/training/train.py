@@ -311,8 +311,9 @@ class TrainConfig:
             kwargs["synthetic_backgrounds"] = tuple(kwargs["synthetic_backgrounds"])
         if isinstance(kwargs.get("synthetic"), dict):
             syn = dict(kwargs["synthetic"])
-            if "contrast_range" in syn:
-                syn["contrast_range"] = tuple(syn["contrast_range"])
+            for key in ("contrast_range", "busy_scr_range"):
+                if key in syn:
+                    syn[key] = tuple(syn[key])
             kwargs["synthetic"] = SyntheticSpec(**syn)
         return cls(**kwargs)
 
@@ -852,9 +853,12 @@ def _synthetic_card_line(cfg: dict[str, Any]) -> str:
     clutter = float(syn.get("p_clutter", 0.0))
     if clutter > 0:
         onto = [f"procedural land clutter ({clutter:.0%} of them)"] + onto
+    busy = float(syn.get("busy_share", 0.0))
+    busy_text = (f", {busy:.0%} of them on busy ground at signal-to-clutter {tuple(syn['busy_scr_range'])}"
+                 if busy > 0 else "")
     return (f"- Synthetic crops: {syn['p_synthetic']:.0%} of the crops are {cfg['train_split']}-split targets pasted onto "
             f"{', '.join(onto)} (peak contrast {tuple(syn['contrast_range'])}, up to {syn['max_targets']} targets, "
-            f"pasted {_PASTE_WORDS[syn.get('paste_at', 'network')]}).")
+            f"pasted {_PASTE_WORDS[syn.get('paste_at', 'network')]}{busy_text}).")
 
 
 _PASTE_WORDS = {"network": "onto the crop rescaled for the network",

@@ -76,6 +76,11 @@ def _show_progress(ctx: click.Context) -> None:
                    "own resolution before rescaling (as a scanned scene's targets). [network]")
 @click.option("--synthetic-max-targets", "max_targets", type=int,
               help="Targets pasted into a synthetic crop: 1 to this many, uniform. [4]")
+@click.option("--synthetic-busy-share", "busy_share", type=float,
+              help="Share of the synthetic targets put on the busiest of 16 random places. [0]")
+@click.option("--synthetic-busy-scr", "busy_scr_range", type=(float, float), default=None, metavar="LOW HIGH",
+              help="Signal-to-clutter ratio (peak contrast / std of the surroundings) of a target on busy "
+                   "ground, uniform in [LOW, HIGH]. [2 4]")
 @click.option("--scale-range", type=(float, float), default=None, metavar="LOW HIGH",
               help="Rescale augmentation: factor on --input-scale drawn log-uniform in [LOW, HIGH]. [0.6 1.6]")
 @click.option("--p-target-crop", type=float, help="Share of the crops placed to hold a target. [0.8]")
@@ -119,11 +124,13 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         elif "threshold_without_val" in overrides:
             raise TrainError("train option --threshold-without-val: expected --val-split none (a val split chooses "
                              f"the threshold), got --val-split {options.get('val_split') or 'val'}")
-        synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter", "paste_at", "max_targets")
+        synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter", "paste_at", "max_targets", "busy_share",
+                                                 "busy_scr_range")
                      if k in overrides}
         if synthetic:
             overrides["synthetic"] = _settings(
-                SyntheticSpec, "--p-synthetic/--p-clutter/--synthetic-paste/--synthetic-max-targets", synthetic)
+                SyntheticSpec, "--p-synthetic/--p-clutter/--synthetic-paste/--synthetic-max-targets/--synthetic-busy-*",
+                synthetic)
         augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop", "mosaic") if k in overrides}
         if augment:
             overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop/--mosaic", augment)

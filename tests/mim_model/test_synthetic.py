@@ -114,6 +114,43 @@ def test_paste_at_is_checked() -> None:
         SyntheticSpec(paste_at="scene")
 
 
+def test_busy_targets_go_to_the_busy_part_of_the_crop() -> None:
+    ground = np.full((128, 128), 0.3, np.float32)
+    ground[40:88, 40:88] = np.where(np.arange(48) % 2 == 0, 0.3, 0.5)[None, :]  # a striped square in the middle
+    near_square = np.zeros((128, 128), bool)
+    near_square[40 - 16 : 88 + 16, 40 - 16 : 88 + 16] = True  # the square grown by the 16 px margin
+    outside = {}
+    for busy_share in (0.0, 1.0):
+        spec = SyntheticSpec(p_synthetic=1.0, contrast_range=(0.3, 0.3), max_targets=1, busy_share=busy_share)
+        masks = [synthetic_sample([ground], [_square_chip()], 128, spec, np.random.default_rng(seed), 1.0)[1]
+                 for seed in range(20)]  # the square stays in the middle under the crop's flips and turns
+        outside[busy_share] = sum(bool((m[~near_square] > 0).any()) for m in masks)
+    assert outside[1.0] == 0, outside  # every busy target overlaps the square's surroundings
+    assert outside[0.0] >= 5, outside  # uniform places do not
+
+
+def test_busy_targets_have_the_drawn_signal_to_clutter_ratio_within_the_contrast_range() -> None:
+    stripes = np.tile(np.where(np.arange(300) % 2 == 0, 0.3, 0.5).astype(np.float32), (300, 1))  # std 0.1
+    peaks = {}
+    for scr, contrast_range in (((3.0, 3.0), (0.05, 0.9)), ((3.0, 3.0), (0.05, 0.15)), ((1.0, 1.0), (0.05, 0.9))):
+        spec = SyntheticSpec(p_synthetic=1.0, contrast_range=contrast_range, max_targets=1, busy_share=1.0,
+                             busy_scr_range=scr)
+        samples = [synthetic_sample([stripes], [_square_chip()], 128, spec, np.random.default_rng(seed), 1.0)
+                   for seed in range(10)]
+        peaks[scr, contrast_range] = [float(image[mask == 1].max()) for image, mask in samples]
+    # a peak of ratio x std (0.1) over the local median (0.3, 0.4 or 0.5), never below the stripes' 0.5
+    assert all(0.59 <= p <= 0.81 for p in peaks[(3.0, 3.0), (0.05, 0.9)]), peaks
+    assert all(0.5 <= p <= 0.66 for p in peaks[(3.0, 3.0), (0.05, 0.15)]), peaks  # clipped to 0.15
+    assert all(0.5 <= p <= 0.61 for p in peaks[(1.0, 1.0), (0.05, 0.9)]), peaks
+
+
+def test_busy_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"busy_share: expected a share in \[0, 1\], got 1.5"):
+        SyntheticSpec(busy_share=1.5)
+    with pytest.raises(ValueError, match=r"busy_scr_range: expected 0 < low <= high, got \(4.0, 2.0\)"):
+        SyntheticSpec(busy_scr_range=(4.0, 2.0))
+
+
 @needs_geo
 def test_load_background_stretches_a_real_landsat_band(tmp_path: Path) -> None:
     band = load_background(L8_B10)
