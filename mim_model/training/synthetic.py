@@ -299,7 +299,8 @@ def _busiest_place(
     image: npt.NDArray[np.float32], size: tuple[int, int], rng: np.random.Generator, margin_px: int
 ) -> tuple[int, int, float]:
     """Of ``_BUSY_CANDIDATES`` random top-left corners for a box of ``size``, the one whose box
-    grown by ``margin_px`` has the highest standard deviation of ``image``: (row, col, std)."""
+    grown by ``margin_px`` has the highest standard deviation of ``image``: (row, col, std).
+    ``image`` holds the targets pasted before this one: a place beside them counts as busy."""
     side_r, side_c = image.shape
     rows = rng.integers(0, side_r - size[0] + 1, _BUSY_CANDIDATES)
     cols = rng.integers(0, side_c - size[1] + 1, _BUSY_CANDIDATES)
