@@ -11,6 +11,7 @@ trains data-parallel (:mod:`mim_model.training.distributed`); process 0 reports 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -29,6 +30,13 @@ def _settings(settings_class: type, options: str, values: dict[str, object]) -> 
         return settings_class(**values)
     except ValueError as exc:
         raise TrainError(f"train option {options}: {exc}") from None
+
+
+def _pop_fields(options: dict[str, object], settings_class: type) -> dict[str, object]:
+    """Take out of ``options`` the ones named like a field of the dataclass ``settings_class``
+    (the options that set one of its fields: ``--p-synthetic`` sets ``SyntheticSpec.p_synthetic``)."""
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    return {k: options.pop(k) for k in list(options) if k in names}
 
 
 def _show_progress(ctx: click.Context) -> None:
@@ -124,14 +132,12 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         elif "threshold_without_val" in overrides:
             raise TrainError("train option --threshold-without-val: expected --val-split none (a val split chooses "
                              f"the threshold), got --val-split {options.get('val_split') or 'val'}")
-        synthetic = {k: overrides.pop(k) for k in ("p_synthetic", "p_clutter", "paste_at", "max_targets", "busy_share",
-                                                 "busy_scr_range")
-                     if k in overrides}
+        synthetic = _pop_fields(overrides, SyntheticSpec)
         if synthetic:
             overrides["synthetic"] = _settings(
                 SyntheticSpec, "--p-synthetic/--p-clutter/--synthetic-paste/--synthetic-max-targets/--synthetic-busy-*",
                 synthetic)
-        augment = {k: overrides.pop(k) for k in ("scale_range", "p_target_crop", "mosaic") if k in overrides}
+        augment = _pop_fields(overrides, Augment)
         if augment:
             overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop/--mosaic", augment)
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
