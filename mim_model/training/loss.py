@@ -11,6 +11,14 @@ is kept as an option: in H100 trials it made the network start finding targets m
 later than SoftIoU alone (BCE first drives every pixel towards background), so the
 default is ``softiou``.
 
+``tversky`` is the Tversky loss (Salehi et al., 2017), batch-level like SoftIoU, with
+``TP = sum(p*y)``, ``FP = sum(p) - TP``, ``FN = sum(y) - TP``::
+
+    loss = 1 - (TP + 1) / (TP + alpha * FP + beta * FN + 1)
+
+at the paper's alpha 0.3, beta 0.7: a missed target pixel costs more than a false one, which
+trades false alarms for recall. SoftIoU is the case alpha = beta = 1.
+
 ``softiou-image`` is SoftIoU per image (crop), averaged over the batch: every crop weighs
 the same whatever the size of its targets, as in nIoU (the batch-level form lets the
 largest targets dominate). A crop without targets scores ``1 / (sum(p) + 1)``: it is
@@ -46,9 +54,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_iou_loss", "per_image_soft_iou_loss", "sls_loss", "make_loss", "LOSSES"]
+__all__ = ["soft_iou_loss", "soft_tversky_loss", "per_image_soft_iou_loss", "sls_loss", "make_loss", "LOSSES"]
 
-LOSSES = ("softiou", "softiou+bce", "softiou-image", "sls")
+LOSSES = ("softiou", "softiou+bce", "softiou-image", "sls", "tversky")
+
+TVERSKY_FP_WEIGHT = 0.3
+TVERSKY_FN_WEIGHT = 0.7
 
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -57,7 +68,7 @@ SumReducer = Callable[[torch.Tensor], torch.Tensor]
 def soft_iou_loss(
     logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, reduce_sums: SumReducer | None = None
 ) -> torch.Tensor:
-    """Batch-level SoftIoU loss.
+    """Batch-level SoftIoU loss: :func:`soft_tversky_loss` with both weights 1.
 
     Parameters
     ----------
@@ -68,7 +79,7 @@ def soft_iou_loss(
     smooth : float
         Added to numerator and denominator.
     reduce_sums : callable, optional
-        Applied to the stacked sums ``[sum(p*y), sum(p) + sum(y)]`` before the ratio. For
+        Applied to the stacked sums ``[sum(p*y), sum(p), sum(y)]`` before the ratio. For
         data-parallel training, a differentiable all-reduce (:mod:`mim_model.training.distributed`)
         makes the sums run over the whole batch of all processes.
 
@@ -76,13 +87,27 @@ def soft_iou_loss(
     -------
     torch.Tensor, scalar float32
     """
+    return soft_tversky_loss(logits, target, 1.0, 1.0, smooth, reduce_sums)
+
+
+def soft_tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    fp_weight: float = TVERSKY_FP_WEIGHT,
+    fn_weight: float = TVERSKY_FN_WEIGHT,
+    smooth: float = 1.0,
+    reduce_sums: SumReducer | None = None,
+) -> torch.Tensor:
+    """Batch-level Tversky loss ``1 - (TP + s) / (TP + fp_weight * FP + fn_weight * FN + s)``
+    (module docstring); arguments as :func:`soft_iou_loss`."""
     p = torch.sigmoid(logits.float())
     y = target.float()
-    sums = torch.stack([(p * y).sum(), p.sum() + y.sum()])
+    sums = torch.stack([(p * y).sum(), p.sum(), y.sum()])
     if reduce_sums is not None:
         sums = reduce_sums(sums)
-    inter, total = sums[0], sums[1]
-    return 1.0 - (inter + smooth) / (total - inter + smooth)
+    true_pos, pred, true = sums[0], sums[1], sums[2]
+    false_pos, false_neg = pred - true_pos, true - true_pos
+    return 1.0 - (true_pos + smooth) / (true_pos + fp_weight * false_pos + fn_weight * false_neg + smooth)
 
 
 def _per_image_iou(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> tuple[torch.Tensor, ...]:
@@ -181,4 +206,10 @@ def make_loss(
         return per_image_soft_iou_loss
     if name == "sls":
         return sls_loss
+    if name == "tversky":
+
+        def tversky(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return soft_tversky_loss(logits, target, reduce_sums=reduce_sums)
+
+        return tversky
     raise ValueError(f"loss: expected one of {LOSSES}, got {name!r}")

@@ -163,7 +163,8 @@ class TrainConfig:
     min_lr_ratio : float
         Final lr of the cosine as a fraction of ``lr``.
     loss : str
-        ``"softiou+bce"`` or ``"softiou"``.
+        One of :data:`mim_model.training.loss.LOSSES` (``"softiou"``, ``"softiou+bce"``,
+        ``"softiou-image"``, ``"sls"``, ``"tversky"``).
     bce_weight : float
         Weight of BCE in ``"softiou+bce"``.
     grad_clip_norm : float

@@ -22,7 +22,7 @@ from mim_model.training.data import (
     read_split,
 )
 from mim_model.training.inference import axis_tiles, padded_side, predict_probs
-from mim_model.training.loss import make_loss, per_image_soft_iou_loss, sls_loss, soft_iou_loss
+from mim_model.training.loss import make_loss, per_image_soft_iou_loss, sls_loss, soft_iou_loss, soft_tversky_loss
 from mim_model.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from mim_model.training.train import TrainConfig, TrainError, _lr_lambda, export, train
 from tests.mim_model.sirst_crops import needs_sirst
@@ -144,6 +144,31 @@ def test_soft_iou_loss_values() -> None:
     # p = 0.5 everywhere: inter 2, sum p 64, sum y 4 -> 1 - 3/(64 + 4 - 2 + 1)
     assert soft_iou_loss(torch.zeros_like(y), y).item() == pytest.approx(1 - 3 / 67, rel=1e-6)
     assert make_loss("softiou+bce")(torch.zeros_like(y), y).item() == pytest.approx(1 - 3 / 67 + 0.5 * np.log(2), rel=1e-5)
+
+
+def test_tversky_loss_values_and_its_weight_on_missed_pixels() -> None:
+    y = torch.zeros(2, 1, 8, 8)
+    y[0, 0, 2:4, 2:4] = 1
+    # p = 0.5 everywhere: TP 2, FP 62, FN 2 -> 1 - 3 / (2 + 0.3 * 62 + 0.7 * 2 + 1)
+    assert make_loss("tversky")(torch.zeros_like(y), y).item() == pytest.approx(1 - 3 / 23, rel=1e-6)
+    # both weights 1 is SoftIoU
+    logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert soft_tversky_loss(logits, y, 1.0, 1.0).item() == pytest.approx(soft_iou_loss(logits, y).item(), rel=1e-6)
+    # a target of 8 px: two of its pixels missed (A) against two false pixels added (B)
+    y = torch.zeros(1, 1, 8, 8)
+    y[0, 0, 2:4, 2:6] = 1
+    missed, extra = y.clone(), y.clone()
+    missed[0, 0, 3, 4:6] = 0
+    extra[0, 0, 4, 2:4] = 1
+    def saturated(mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask > 0, 30.0, -30.0)
+    tversky = make_loss("tversky")
+    assert tversky(saturated(missed), y).item() == pytest.approx(1 - 7 / 8.4, rel=1e-5)
+    assert tversky(saturated(extra), y).item() == pytest.approx(1 - 9 / 9.6, rel=1e-5)
+    # SoftIoU charges the miss 1.2x the false pixels (2/9 against 2/11); Tversky 2.7x
+    iou_ratio = soft_iou_loss(saturated(missed), y) / soft_iou_loss(saturated(extra), y)
+    tversky_ratio = tversky(saturated(missed), y) / tversky(saturated(extra), y)
+    assert tversky_ratio.item() > 2 * iou_ratio.item()
 
 
 def test_to_model_input_normalisation() -> None:
