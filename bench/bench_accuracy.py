@@ -125,7 +125,9 @@ def _save_soup(model: torch.nn.Module, paths: list[str], result: dict, out: str)
 
     What the members share (data, scale, layout, normalisation) is kept from the first; what
     is one member's own (its training config, epoch, commit) is listed per member under
-    ``soup_members``, with each file's sha256, so that the soup can be traced to its runs.
+    ``soup_members``, with each file's sha256, so that the soup can be traced to its runs; a
+    member that is itself a soup brings its own ``soup_members`` along
+    (:func:`mim_model.weights.soup_runs` resolves the tree).
     """
     own = ("train_config", "epoch", "epochs_trained", "git_commit", "created", "val_metrics", "soup_of",
            "soup_members", "mim_config")
@@ -133,7 +135,9 @@ def _save_soup(model: torch.nn.Module, paths: list[str], result: dict, out: str)
     meta = {k: v for k, v in metas[0].items() if k not in own}
     members = [{"file": Path(p).name, "sha256": weights_sha256(p),
                 **{k: m[k] for k in ("epoch", "epochs_trained", "git_commit", "threshold") if k in m},
-                "train_config": json.loads(m.get("train_config", "{}"))} for p, m in zip(paths, metas, strict=True)]
+                "train_config": json.loads(m.get("train_config", "{}")),
+                **({"soup_members": json.loads(m["soup_members"])} if "soup_members" in m else {})}
+               for p, m in zip(paths, metas, strict=True)]
     meta.update(threshold=f"{result['best_threshold']:.4f}", epoch="average",
                 created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 soup_of=json.dumps([Path(p).name for p in paths]), soup_members=json.dumps(members),

@@ -39,6 +39,7 @@ __all__ = [
     "load_model",
     "load_official_checkpoint",
     "weights_sha256",
+    "soup_runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,3 +193,36 @@ def weights_sha256(path: str | os.PathLike | None = None) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def soup_runs(metadata: dict[str, str]) -> list[tuple[dict, float]]:
+    """The trained runs behind weights, each with its share of the element-wise mean.
+
+    A weight soup's metadata lists its inputs under ``soup_members`` (JSON); an input that
+    was itself a soup carries its own ``soup_members`` there, so a soup of soups resolves to
+    the runs it averages. Weights that are not a soup are one run with share 1.
+
+    Returns
+    -------
+    list of (dict, float)
+        Each run's member entry (``file``, ``sha256``, ``epoch``, ``train_config``, ...) and
+        its share, in order of first appearance; a run that enters by several paths (the
+        same sha256) is listed once with the sum of its shares. The shares sum to 1.
+    """
+    if "soup_members" not in metadata:
+        return [({"train_config": json.loads(metadata.get("train_config", "{}"))}, 1.0)]
+    merged: dict[str, tuple[dict, float]] = {}
+    for member, share in _member_runs(json.loads(metadata["soup_members"]), 1.0):
+        key = member.get("sha256") or f"#{len(merged)}"
+        merged[key] = (member, merged.get(key, (member, 0.0))[1] + share)
+    return list(merged.values())
+
+
+def _member_runs(members: list[dict], share: float) -> list[tuple[dict, float]]:
+    runs: list[tuple[dict, float]] = []
+    for member in members:
+        if "soup_members" in member:
+            runs += _member_runs(member["soup_members"], share / len(members))
+        else:
+            runs.append((member, share / len(members)))
+    return runs

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from mim_model import MiM
 from mim_model.errors import WeightsError
-from mim_model.weights import load_model, load_official_checkpoint, read_metadata, save_safetensors
+from mim_model.weights import load_model, load_official_checkpoint, read_metadata, save_safetensors, soup_runs
 
 from .golden import formula_state_dict, golden_input, golden_logits
 
@@ -96,3 +98,24 @@ def test_weights_file_that_is_not_safetensors(tmp_path):
     path.write_bytes(b"\x00" * 64)
     with pytest.raises(WeightsError, match="w.safetensors"):
         load_model(path)
+
+
+def test_soup_runs_resolves_a_soup_of_soups_to_the_runs_and_their_shares():
+    def run(name):
+        return {"file": f"{name}.safetensors", "sha256": name * 8, "train_config": {"seed": len(name)}}
+
+    inner = {"file": "C.safetensors", "sha256": "c" * 64, "train_config": {},
+             "soup_members": [run("a"), run("bb"), run("ccc")]}
+    # E = (C + C + C + d) / 4 = (a + bb + ccc + d) / 4; F = (E + E + x) / 3
+    e = {"file": "E.safetensors", "sha256": "e" * 64, "train_config": {},
+         "soup_members": [inner, inner, inner, run("dddd")]}
+    runs = soup_runs({"soup_members": json.dumps([e, e, run("x")])})
+    shares = {member["file"]: share for member, share in runs}
+    assert list(shares) == ["a.safetensors", "bb.safetensors", "ccc.safetensors", "dddd.safetensors", "x.safetensors"]
+    assert shares["x.safetensors"] == pytest.approx(1 / 3)
+    for name in ("a", "bb", "ccc", "dddd"):
+        assert shares[f"{name}.safetensors"] == pytest.approx(2 / 3 / 4)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert runs[1][0]["train_config"] == {"seed": 2}
+    # weights that are no soup are one run
+    assert soup_runs({"train_config": json.dumps({"seed": 0})}) == [({"train_config": {"seed": 0}}, 1.0)]

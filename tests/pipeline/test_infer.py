@@ -14,6 +14,7 @@ from mim_model.weights import (
     DEFAULT_SCAN_WEIGHTS_PATH,
     DEFAULT_WEIGHTS_PATH,
     read_metadata,
+    soup_runs,
     weights_sha256,
 )
 from pipeline.errors import InputError
@@ -42,15 +43,19 @@ def test_scan_runs_its_own_packaged_weights_unless_told_otherwise() -> None:
     predictor = TilePredictor(InferenceSpec(device="cpu", torch_threads=1))
     assert predictor.weights_sha256 == weights_sha256(DEFAULT_SCAN_WEIGHTS_PATH) != weights_sha256(DEFAULT_WEIGHTS_PATH)
     scan, sirst = read_metadata(DEFAULT_SCAN_WEIGHTS_PATH), read_metadata(DEFAULT_WEIGHTS_PATH)
-    # the model loaded is the scan's: its stored threshold (0.55) is not the SIRST weights' (0.5)
+    # the model loaded is the scan's: its stored threshold (0.65) is not the SIRST weights' (0.5)
     assert predictor.threshold == float(scan["threshold"]) != float(sirst["threshold"])
-    # the same network at the same input scale; an average of three runs, all with many targets
-    # a synthetic crop, two of them on 1024 px crops (the scan's own input size)
+    # the same network at the same input scale; an average of seven runs, all with many targets
+    # a synthetic crop, six of them on 1024 px crops (the scan's own input size), four with part
+    # of their targets on busy ground and one trained with the Tversky loss
     assert scan["mim_config"] == sirst["mim_config"] and scan["input_scale"] == sirst["input_scale"] == "2.0"
-    members = json.loads(scan["soup_members"])
-    assert [m["file"] for m in members] == json.loads(scan["soup_of"]) and len(members) == 3
-    assert [m["train_config"]["synthetic"]["max_targets"] for m in members] == [24, 128, 128]
-    assert [m["train_config"]["crop_px"] for m in members] == [512, 1024, 1024]
+    runs = soup_runs(scan)
+    assert len(runs) == 7 and all(share == pytest.approx(1 / 7, rel=1e-6) for _, share in runs)
+    configs = [member["train_config"] for member, _ in runs]
+    assert sorted(c["crop_px"] for c in configs) == [512] + [1024] * 6
+    assert all(c["synthetic"]["max_targets"] >= 24 for c in configs)
+    assert sum(c["synthetic"].get("busy_share", 0) > 0 for c in configs) == 4
+    assert [c.get("loss", "softiou") for c in configs].count("tversky") == 1
 
 
 def test_padded_batch_gives_the_same_probabilities_as_the_short_one() -> None:

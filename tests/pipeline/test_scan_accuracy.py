@@ -39,7 +39,7 @@ from ..scene_builder import build_scene, load_target_chips, shared_data_dir
 SIDE_PX = 4000
 CORE_PX = 384  # tile 512, halo 64
 VALID_ROWS = 4 * CORE_PX  # rows below this are nodata
-RECALL_FLOOR = 0.85  # target 0.90 (issue); measured 0.883 (53/60) with the packaged scan weights
+RECALL_FLOOR = 0.90  # the issue's target; measured 0.917 (55/60) with the packaged scan weights
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_targets_found_once_with_exact_georeferencing(scene_with_truth, tmp_path
     assert recall >= RECALL_FLOOR, f"found {found} of {len(truth)} targets within 3 px"
     assert report["weights_sha256"] == weights_sha256(DEFAULT_SCAN_WEIGHTS_PATH), "scan ran other weights"
     assert report["weights_path"] == str(DEFAULT_SCAN_WEIGHTS_PATH)
-    assert (report["threshold"], report["input_scale"]) == (0.55, 2.0)  # stored with the scan weights
+    assert (report["threshold"], report["input_scale"]) == (0.65, 2.0)  # stored with the scan weights
     tiles_per_row = -(-SIDE_PX // CORE_PX)
     assert report["tiles"]["done"] == 4 * tiles_per_row
     assert report["tiles"]["skipped"] == tiles_per_row * tiles_per_row - 4 * tiles_per_row
