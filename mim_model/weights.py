@@ -211,11 +211,13 @@ def soup_runs(metadata: dict[str, str]) -> list[tuple[dict, float]]:
     """
     if "soup_members" not in metadata:
         return [({"train_config": json.loads(metadata.get("train_config", "{}"))}, 1.0)]
-    merged: dict[str, tuple[dict, float]] = {}
+    entries: dict[str, dict] = {}
+    shares: dict[str, float] = {}
     for member, share in _member_runs(json.loads(metadata["soup_members"]), 1.0):
-        key = member.get("sha256") or f"#{len(merged)}"
-        merged[key] = (member, merged.get(key, (member, 0.0))[1] + share)
-    return list(merged.values())
+        key = member.get("sha256") or f"#{len(entries)}"
+        entries.setdefault(key, member)
+        shares[key] = shares.get(key, 0.0) + share
+    return [(entries[key], shares[key]) for key in entries]
 
 
 def _member_runs(members: list[dict], share: float) -> list[tuple[dict, float]]:
