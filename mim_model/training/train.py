@@ -300,23 +300,19 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise TrainError(f"train config: unknown fields {unknown}")
-        kwargs = dict(raw)
+        kwargs = _tuples_restored(cls, raw)
         if isinstance(kwargs.get("augment"), dict):
-            aug = dict(kwargs["augment"])
-            if "scale_range" in aug:
-                aug["scale_range"] = tuple(aug["scale_range"])
-            kwargs["augment"] = Augment(**aug)
-        if "eval_thresholds" in kwargs:
-            kwargs["eval_thresholds"] = tuple(kwargs["eval_thresholds"])
-        if "synthetic_backgrounds" in kwargs:
-            kwargs["synthetic_backgrounds"] = tuple(kwargs["synthetic_backgrounds"])
+            kwargs["augment"] = Augment(**_tuples_restored(Augment, kwargs["augment"]))
         if isinstance(kwargs.get("synthetic"), dict):
-            syn = dict(kwargs["synthetic"])
-            for key in ("contrast_range", "busy_scr_range"):
-                if key in syn:
-                    syn[key] = tuple(syn[key])
-            kwargs["synthetic"] = SyntheticSpec(**syn)
+            kwargs["synthetic"] = SyntheticSpec(**_tuples_restored(SyntheticSpec, kwargs["synthetic"]))
         return cls(**kwargs)
+
+
+def _tuples_restored(settings_class: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the values of ``settings_class``'s tuple fields (those with a tuple default)
+    made tuples again: JSON and checkpoints give them back as lists."""
+    tuple_fields = {f.name for f in dataclasses.fields(settings_class) if isinstance(f.default, tuple)}
+    return {k: tuple(v) if k in tuple_fields else v for k, v in raw.items()}
 
 
 # --------------------------------------------------------------------------- helpers
