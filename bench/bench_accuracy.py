@@ -1,6 +1,6 @@
 """Accuracy analyses behind docs/benchmarks.md (training section and scan accuracy), on CPU.
 
-    python bench/bench_accuracy.py val WEIGHTS... [--scales 1.5,2,2.5] [--average] [--split train]
+    python bench/bench_accuracy.py val WEIGHTS... [--scales 1.5,2,2.5] [--average] [--split train] [--no-refiner]
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
@@ -10,7 +10,8 @@
 ``val``: SIRST val metrics (thresholds swept) of each weights file, of the mean of its
 probabilities over several input scales (``--scales``), or of the average of all given
 weights (``--average``: equal shares, a "weight soup"); ``--split train`` scores the training
-split instead, to see how well the network fits its own data. ``val-errors``: where val IoU is
+split instead, to see how well the network fits its own data; a file's outline refiner (if
+it carries one) is applied unless ``--no-refiner``. ``val-errors``: where val IoU is
 lost at the weights' threshold: pixels of masks drawn too wide / too narrow, of false-alarm
 objects and of missed targets. ``outline-ceiling``: how well the network's output grid (a
 quarter of its input) can draw the val masks: each mask averaged onto it, and logits fitted
@@ -56,6 +57,7 @@ from mim_model.training.metrics import ThresholdSweep
 from mim_model.weights import (
     DEFAULT_WEIGHTS_PATH,
     load_model,
+    load_refiner,
     read_metadata,
     save_safetensors,
     weights_sha256,
@@ -73,9 +75,9 @@ def _split(name: str) -> SirstSplit:
     return SirstSplit.load(data / "sirst", name, "idx_427")
 
 
-def _probs(model: torch.nn.Module, split: SirstSplit, scale: float) -> list[np.ndarray]:
+def _probs(model: torch.nn.Module, split: SirstSplit, scale: float, refiner=None) -> list[np.ndarray]:  # noqa: ANN001
     images = [img.astype(np.float32) / 255.0 for img in split.images]
-    return predict_probs(model, images, device="cpu", amp=False, batch_size=4, scale=scale)
+    return predict_probs(model, images, device="cpu", amp=False, batch_size=4, scale=scale, refiner=refiner)
 
 
 def _compact(metrics: dict) -> dict:
@@ -107,15 +109,17 @@ def cmd_val(args: argparse.Namespace) -> None:
     scales = [float(x) for x in args.scales.split(",")]
     if args.save and not (args.average and args.split == "val" and len(scales) == 1):
         sys.exit(f"bench_accuracy: --save: expected --average, --split val and one scale, got {sys.argv[2:]}")
-    named = [("average of " + ", ".join(args.weights), _averaged(args.weights))] if args.average else [
-        (w, load_model(w)) for w in args.weights]
+    # a soup averages networks: no refiner; a single file's refiner (if any) is applied unless --no-refiner
+    named = [("average of " + ", ".join(args.weights), _averaged(args.weights), None)] if args.average else [
+        (w, load_model(w), None if args.no_refiner else load_refiner(w)) for w in args.weights]
     if args.save and scales[0] != weights_input_scale(named[0][1]):
         sys.exit(f"bench_accuracy: --scales: expected the weights' {weights_input_scale(named[0][1])}, got {scales[0]}")
-    for name, model in named:
-        runs = [_probs(model, split, scale) for scale in scales]
+    for name, model, refiner in named:
+        runs = [_probs(model, split, scale, refiner) for scale in scales]
         probs = [sum(parts) / len(parts) for parts in zip(*runs, strict=True)]
         result = _sweep(probs, split.masks)
-        print(json.dumps({"weights": name, "split": args.split, "scales": scales, **result}), flush=True)
+        print(json.dumps({"weights": name, "split": args.split, "scales": scales, "refiner": refiner is not None,
+                          **result}), flush=True)
         if args.save:
             _save_soup(model, args.weights, result, args.save)
 
@@ -325,6 +329,7 @@ def main() -> None:
     p.add_argument("weights", nargs="+")
     p.add_argument("--scales", default="2")
     p.add_argument("--average", action="store_true")
+    p.add_argument("--no-refiner", action="store_true", help="leave out the outline refiner a weights file carries")
     p.add_argument("--split", choices=("val", "train"), default="val", help="never test: nothing is chosen on it")
     p.add_argument("--save", metavar="FILE", help="with --average and --split val: write the average as weights, "
                    "with the threshold best on val")

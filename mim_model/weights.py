@@ -6,6 +6,9 @@
   card: ``mim_sirst.safetensors``, the default of ``train``, ``evaluate`` and ``predict``
   (chosen on SIRST), and ``mim_scan.safetensors``, the default of ``scan`` (chosen on whole
   scenes, where a target is one bright spot among many).
+* A file may also carry an outline refiner (:mod:`mim_model.refiner`) beside the network:
+  its tensors are named ``refiner.*`` and its shape is the metadata ``refiner_config``.
+  :func:`load_model` leaves those out; :func:`load_refiner` loads them (None when absent).
 * The authors' released checkpoint (a ``.pth`` pickle) loads through
   :func:`load_official_checkpoint`, with ``torch.load(weights_only=True)``: no code from
   the file is executed.
@@ -29,6 +32,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from mim_model.config import MiMConfig
 from mim_model.errors import WeightsError
 from mim_model.network import MiM
+from mim_model.refiner import OutlineRefiner, RefinerConfig
 
 __all__ = [
     "DEFAULT_WEIGHTS_PATH",
@@ -37,6 +41,7 @@ __all__ = [
     "load_safetensors",
     "read_metadata",
     "load_model",
+    "load_refiner",
     "load_official_checkpoint",
     "weights_sha256",
     "soup_runs",
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mim_sirst.safetensors"
 DEFAULT_SCAN_WEIGHTS_PATH = DEFAULT_WEIGHTS_PATH.with_name("mim_scan.safetensors")
 _SKIPPED_SUFFIXES = (".relative_pos",)
+#: Tensors of an outline refiner carried in a weights file start with this.
+REFINER_PREFIX = "refiner."
 
 
 def _config_to_json(config: MiMConfig) -> str:
@@ -66,22 +73,28 @@ def _config_from_json(text: str, source: Path) -> MiMConfig:
 
 def save_safetensors(
     model: MiM, path: str | os.PathLike, *, metadata: dict[str, str] | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype = torch.float16, refiner: OutlineRefiner | None = None,
 ) -> Path:
     """Write ``model``'s weights (floats cast to ``dtype``) and metadata, atomically.
 
     The unused ``relative_pos`` tensors are left out; ``mim_config`` is added to the metadata.
+    With ``refiner``, its tensors go in too (``refiner.*``) and its shape as ``refiner_config``.
     """
     path = Path(path)
+    named = [("", model.state_dict())] + ([(REFINER_PREFIX, refiner.state_dict())] if refiner is not None else [])
     tensors = {}
-    for name, value in model.state_dict().items():
-        if name.endswith(_SKIPPED_SUFFIXES):
-            continue
-        value = value.detach().cpu()
-        tensors[name] = value.to(dtype).contiguous() if value.is_floating_point() else value.contiguous()
+    for prefix, state in named:
+        for name, value in state.items():
+            if name.endswith(_SKIPPED_SUFFIXES):
+                continue
+            value = value.detach().cpu()
+            tensors[prefix + name] = value.to(dtype).contiguous() if value.is_floating_point() else value.contiguous()
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     config = dataclasses.replace(model.config, keep_relative_pos=False)
     meta["mim_config"] = _config_to_json(config)
+    meta.pop("refiner_config", None)
+    if refiner is not None:
+        meta["refiner_config"] = refiner.config.to_json()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -152,9 +165,33 @@ def load_model(
     state, metadata = load_safetensors(path)
     config = _config_from_json(metadata["mim_config"], path) if "mim_config" in metadata else MiMConfig()
     model = MiM(config)
-    _check_and_load(model, state, path)
+    _check_and_load(model, {k: v for k, v in state.items() if not k.startswith(REFINER_PREFIX)}, path)
     model.weights_metadata = metadata  # type: ignore[attr-defined]
     return model.to(device).eval()
+
+
+def load_refiner(
+    weights_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> OutlineRefiner | None:
+    """The eval-mode outline refiner carried in ``weights_path`` (default: the packaged
+    weights), or None when the file carries none."""
+    path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS_PATH
+    state, metadata = load_safetensors(path)
+    if "refiner_config" not in metadata:
+        return None
+    try:
+        refiner = OutlineRefiner(RefinerConfig.from_json(metadata["refiner_config"]))
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: metadata 'refiner_config' is not a valid refiner config ({exc})") from None
+    own = {k[len(REFINER_PREFIX):]: v for k, v in state.items() if k.startswith(REFINER_PREFIX)}
+    expected = refiner.state_dict()
+    if set(own) != set(expected) or any(tuple(own[k].shape) != tuple(expected[k].shape) for k in expected):
+        raise WeightsError(f"{path}: refiner tensors: expected {len(expected)} matching 'refiner_config', "
+                           f"got {len(own)} ({', '.join(sorted(own)[:3]) or 'none'})")
+    refiner.load_state_dict(own, strict=True)
+    return refiner.to(device).eval()
 
 
 def load_official_checkpoint(

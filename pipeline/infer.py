@@ -29,6 +29,7 @@ from mim_model.training.preprocess import to_model_input
 from mim_model.weights import (
     DEFAULT_SCAN_WEIGHTS_PATH,
     load_model,
+    load_refiner,
     read_metadata,
     weights_sha256,
 )
@@ -196,13 +197,15 @@ class TilePredictor:
             torch.backends.cudnn.allow_tf32 = True
         weights_path = resolve_weights_path(spec)
         self.model = load_model(weights_path, device=self.device)
+        self.refiner = load_refiner(weights_path, device=self.device)
         self.threshold = spec.threshold if spec.threshold is not None else weights_threshold(self.model)
         self.input_scale = resolve_input_scale(spec)
         self.weights_sha256 = weights_sha256(weights_path)
         backends = scan_backends()
         log.info(
-            "tile predictor on %s (pid %d): layout %s, threshold %.3f, scan backends %s",
-            self.device_name, os.getpid(), self.model.config.layout, self.threshold, backends,
+            "tile predictor on %s (pid %d): layout %s, threshold %.3f, outline refiner %s, scan backends %s",
+            self.device_name, os.getpid(), self.model.config.layout, self.threshold,
+            "on" if self.refiner is not None else "none", backends,
         )
 
     @property
@@ -220,6 +223,7 @@ class TilePredictor:
         batch = torch.from_numpy(np.ascontiguousarray(tiles01, dtype=np.float32))[:, None]
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
+        native = batch
         if self.input_scale != 1.0:
             # the weights were trained on images resized by a factor (or the user asks for one): resize, and back
             scaled_side = scaled_side_px(side, self.input_scale)
@@ -243,6 +247,8 @@ class TilePredictor:
         if self.input_scale != 1.0:
             probs = torch.nn.functional.interpolate(probs, size=(side, side), mode="bilinear",
                                                     align_corners=False, antialias=self.input_scale > 1)
+        if self.refiner is not None:  # the weights carry an outline refiner: it works on the native tile
+            probs = torch.sigmoid(self.refiner(native, probs.float()))
         return probs[:, 0].cpu().numpy()
 
     def timed_predict(self, tiles01: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float32], float]:

@@ -192,3 +192,42 @@ def test_train_augmentation_options_fail_with_one_line(tmp_path: Path) -> None:
                          (["--synthetic-busy-share", "-0.1"], "busy_share: expected a share in [0, 1], got -0.1")):
         result = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "run"), *args])
         one_line_error(result, needle)
+
+
+@needs_sirst
+def test_train_refiner_writes_the_network_with_a_refiner_that_evaluate_uses(tmp_path: Path, weights: Path) -> None:
+    from mim_model.weights import load_refiner, read_metadata
+
+    data = write_data(tmp_path / "d", ["Misc_40"])
+    out = tmp_path / "refined.safetensors"
+    result = CliRunner().invoke(cli, ["train-refiner", str(data), "--split", "test", "--weights", str(weights),
+                                      "--out", str(out), "--steps", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 1 and summary["recipe"]["steps"] == 4 and summary["progress"][-1]["step"] == 4
+    assert load_refiner(out) is not None and load_refiner(weights) is None
+    meta, source = read_metadata(out), read_metadata(weights)
+    assert meta["mim_config"] == source["mim_config"] and meta["threshold"] == source["threshold"]
+    assert json.loads(meta["refiner_train"])["split"] == "test"
+
+    def scores(*extra: str) -> dict:
+        run = CliRunner().invoke(cli, ["evaluate", str(data), "--split", "test", "--device", "cpu", *extra])
+        assert run.exit_code == 0, run.output
+        return json.loads(run.stdout)
+
+    network_alone, refined, left_out = (scores("--weights", str(weights)), scores("--weights", str(out)),
+                                        scores("--weights", str(out), "--no-refiner"))
+    assert refined["refiner"] is True and network_alone["refiner"] is left_out["refiner"] is False
+    assert {k: left_out[k] for k in ("iou", "pd", "fa")} == {k: network_alone[k] for k in ("iou", "pd", "fa")}
+
+
+def test_train_refiner_refuses_to_overwrite(tmp_path: Path, weights: Path) -> None:
+    same = CliRunner().invoke(cli, ["train-refiner", str(tmp_path), "--weights", str(weights), "--out", str(weights)])
+    one_line_error(same, "expected a new file", str(weights))
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"")
+    exists = CliRunner().invoke(cli, ["train-refiner", str(tmp_path), "--weights", str(weights), "--out", str(taken)])
+    one_line_error(exists, "taken.safetensors", "--overwrite")
+    steps = CliRunner().invoke(cli, ["train-refiner", str(tmp_path), "--weights", str(weights), "--out",
+                                     str(tmp_path / "n.safetensors"), "--steps", "0"])
+    one_line_error(steps, "steps", "0")

@@ -29,6 +29,7 @@ def evaluate(
     batch_size: int = 8,
     amp: bool = True,
     flip_tta: bool = False,
+    refine: bool = True,
 ) -> dict[str, Any]:
     """Run a model on every image of a split at native resolution and score it.
 
@@ -52,6 +53,8 @@ def evaluate(
         bf16 autocast on CUDA.
     flip_tta : bool
         Average over the image and its flips (four forward passes per image).
+    refine : bool
+        Apply the outline refiner the weights file carries, if any (:mod:`mim_model.refiner`).
 
     Returns
     -------
@@ -67,7 +70,7 @@ def evaluate(
         Weights missing, unreadable or not matching the network.
     """
     from mim_model.training.train import resolve_device
-    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model
+    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, load_refiner
 
     t0 = time.monotonic()
     data = SirstSplit.load(data_dir, split, split_dir)
@@ -75,9 +78,10 @@ def evaluate(
     model = load_model(weights, device=dev)
     t = weights_threshold(model) if threshold is None else float(threshold)
     scale = weights_input_scale(model)
+    refiner = load_refiner(weights, device=dev) if refine else None
     probs = predict_probs(
         model, [im.astype(np.float32) / 255.0 for im in data.images], device=dev, amp=amp, batch_size=batch_size, scale=scale,
-        flip_tta=flip_tta,
+        flip_tta=flip_tta, refiner=refiner,
     )
     metrics = IRSTDMetrics()
     for prob, mask in zip(probs, data.masks, strict=True):
@@ -87,6 +91,7 @@ def evaluate(
         threshold=t,
         input_scale=scale,
         flip_tta=flip_tta,
+        refiner=refiner is not None,
         split=split,
         weights=str(Path(weights) if weights is not None else DEFAULT_WEIGHTS_PATH),
         device=str(dev),

@@ -18,6 +18,9 @@ each output pixel is taken from the tile in which it lies farthest from a cut (t
 overlaps are split at their middle), so no pixel within ``halo_px`` of a tile's inner
 edge is used. The network's receptive field is global (the scan), so tiled and whole
 results differ slightly; tiling bounds memory for any image size.
+
+A weights file may carry an outline refiner (:mod:`mim_model.refiner`); given one,
+:func:`predict_probs` applies it last, to each image's probabilities at native size.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mim_model.errors import InputShapeError
+from mim_model.refiner import OutlineRefiner, refine_probs
 from mim_model.training.preprocess import to_model_input
 
 log = logging.getLogger(__name__)
@@ -231,6 +235,7 @@ def predict_probs(
     halo_px: int = 64,
     scale: float = 1.0,
     flip_tta: bool = False,
+    refiner: OutlineRefiner | None = None,
 ) -> list[npt.NDArray[np.float32]]:
     """Target probabilities for grey images of any size.
 
@@ -256,6 +261,10 @@ def predict_probs(
     flip_tta : bool
         Average the probabilities over the image and its flips (:data:`TTA_FLIP_DIMS`):
         four times the compute, fewer false alarms.
+    refiner : OutlineRefiner, optional
+        Applied to each image's probabilities at its native size, on the refiner's device
+        (:func:`mim_model.refiner.refine_probs`); the weights file's own refiner, if any, comes
+        from :func:`mim_model.weights.load_refiner`.
 
     Returns
     -------
@@ -292,7 +301,10 @@ def predict_probs(
             for j, i in enumerate(chunk):
                 h, w = scaled[i].shape
                 out[i] = probs[j, :h, :w].numpy().copy()
-    return [_resize_to(p, img.shape) for p, img in zip(out, images, strict=True)]  # type: ignore[arg-type]
+    native = [_resize_to(p, img.shape) for p, img in zip(out, images, strict=True)]  # type: ignore[arg-type]
+    if refiner is None:
+        return native
+    return [refine_probs(refiner, img, p) for img, p in zip(images, native, strict=True)]
 
 
 def _rescale(img: npt.NDArray[np.float32], scale: float) -> npt.NDArray[np.float32]:

@@ -63,6 +63,7 @@ def predict(
     max_side_px: int = 1024,
     amp: bool = True,
     flip_tta: bool = False,
+    refine: bool = True,
 ) -> list[dict[str, Any]]:
     """Write a 0/255 mask (and optionally probabilities) for each image.
 
@@ -88,6 +89,8 @@ def predict(
         bf16 autocast on CUDA.
     flip_tta : bool
         Average over the image and its flips (four forward passes per image).
+    refine : bool
+        Apply the outline refiner the weights file carries, if any (:mod:`mim_model.refiner`).
 
     Returns
     -------
@@ -103,7 +106,7 @@ def predict(
         Weights missing, unreadable or not matching the network.
     """
     from mim_model.training.train import resolve_device
-    from mim_model.weights import load_model
+    from mim_model.weights import load_model, load_refiner
 
     inputs = [Path(p) for p in paths]
     _check_inputs(inputs)
@@ -113,13 +116,14 @@ def predict(
     model = load_model(weights, device=dev)
     t = weights_threshold(model) if threshold is None else float(threshold)
     scale = weights_input_scale(model)
+    refiner = load_refiner(weights, device=dev) if refine else None
     results = []
     chunk = max(1, batch_size) * 4
     for start in range(0, len(inputs), chunk):
         group = inputs[start : start + chunk]
         images = [load_grey01(p) for p in group]
         probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px, scale=scale,
-                              flip_tta=flip_tta)
+                              flip_tta=flip_tta, refiner=refiner)
         for path, p in zip(group, probs, strict=True):
             mask = np.where(p > t, 255, 0).astype(np.uint8)
             mask_path = out / f"{path.stem}.png"

@@ -18,12 +18,13 @@ from pipeline.cli.options import tta_flips_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
 @tta_flips_option
+@click.option("--no-refiner", is_flag=True, help="Leave out the outline refiner the weights carry (the network alone).")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per forward pass.")
 def command(data_dir: Path, split: str, split_dir: str, weights: Path | None, device: str,
-            threshold: float | None, tta_flips: bool, batch_size: int) -> None:
+            threshold: float | None, tta_flips: bool, no_refiner: bool, batch_size: int) -> None:
     """Score weights on DATA_DIR's split at native resolution; print the metrics as JSON."""
     from mim_model.training.evaluate import evaluate
 
     result = evaluate(data_dir, split, weights=weights, device=device, threshold=threshold,
-                      split_dir=split_dir, batch_size=batch_size, flip_tta=tta_flips)
+                      split_dir=split_dir, batch_size=batch_size, flip_tta=tta_flips, refine=not no_refiner)
     click.echo(json.dumps(result, indent=2))

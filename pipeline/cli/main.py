@@ -14,6 +14,7 @@ from pipeline.errors import IrscanError
 # subcommand name -> module under pipeline.cli that defines a click command named `command`
 SUBCOMMANDS = {
     "train": "pipeline.cli.train",
+    "train-refiner": "pipeline.cli.train_refiner",
     "evaluate": "pipeline.cli.evaluate",
     "predict": "pipeline.cli.predict",
     "scan": "pipeline.cli.scan",

@@ -22,12 +22,13 @@ from pipeline.cli.options import tta_flips_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
 @tta_flips_option
+@click.option("--no-refiner", is_flag=True, help="Leave out the outline refiner the weights carry (the network alone).")
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images per forward pass.")
 def command(images: tuple[Path, ...], out_dir: Path, prob: bool, weights: Path | None, device: str,
-            threshold: float | None, tta_flips: bool, batch_size: int) -> None:
+            threshold: float | None, tta_flips: bool, no_refiner: bool, batch_size: int) -> None:
     """Write target masks of IMAGE... (any size) into --out."""
     from mim_model.training.predict import predict
 
     for row in predict(list(images), out_dir, weights=weights, prob=prob, device=device,
-                       threshold=threshold, batch_size=batch_size, flip_tta=tta_flips):
+                       threshold=threshold, batch_size=batch_size, flip_tta=tta_flips, refine=not no_refiner):
         click.echo(json.dumps(row))

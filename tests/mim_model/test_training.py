@@ -371,9 +371,9 @@ def test_config_validation() -> None:
 
 @needs_sirst
 def test_fine_tuning_starts_from_the_given_weights(tiny_sirst: Path, tmp_path: Path) -> None:
-    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_safetensors
+    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model
 
-    start, _ = load_safetensors(DEFAULT_WEIGHTS_PATH)
+    start = load_model(DEFAULT_WEIGHTS_PATH).state_dict()  # the network (the file's refiner does not carry over)
     # lr so small that one epoch cannot move a weight measurably: best.pt is the start
     cfg = _config(tiny_sirst, tmp_path / "ft", epochs=1, eval_every=1, lr=1e-12, warmup_epochs=0.0,
                   init_weights=str(DEFAULT_WEIGHTS_PATH))
@@ -394,9 +394,9 @@ def test_fine_tuning_refuses_weights_of_another_input_scale(tiny_sirst: Path, tm
     with pytest.raises(TrainError, match=r"init_weights: .*mim_sirst.safetensors has input_scale '2.0', expected 1.0"):
         train(cfg)
     # on request, the same weights start a run at the other scale
-    from mim_model.weights import load_safetensors
+    from mim_model.weights import load_model
 
-    start, _ = load_safetensors(DEFAULT_WEIGHTS_PATH)
+    start = load_model(DEFAULT_WEIGHTS_PATH).state_dict()
     moved = _config(tiny_sirst, tmp_path / "moved", epochs=1, eval_every=1, input_scale=1.0, lr=1e-12,
                     warmup_epochs=0.0, init_weights=str(DEFAULT_WEIGHTS_PATH), init_any_scale=True)
     train(moved)

@@ -249,3 +249,27 @@ def test_window_options_are_checked() -> None:
     a = ScanConfig(inference=InferenceSpec(window_px=64)).output_fingerprint("abc")
     assert a != ScanConfig(inference=InferenceSpec(window_px=128)).output_fingerprint("abc")
     assert a != ScanConfig(inference=InferenceSpec(window_px=64, window_halo_px=24)).output_fingerprint("abc")
+
+
+def test_a_refiner_carried_by_the_weights_works_on_the_native_tile(tmp_path) -> None:  # noqa: ANN001
+    from mim_model.refiner import OutlineRefiner, RefinerConfig, refine_probs
+    from mim_model.weights import load_model, save_safetensors
+
+    torch.manual_seed(0)
+    refiner = OutlineRefiner(RefinerConfig(width=8))
+    torch.nn.init.normal_(refiner.head.weight, std=0.5)
+    network = load_model(DEFAULT_SCAN_WEIGHTS_PATH)
+    path = save_safetensors(network, tmp_path / "with_refiner.safetensors",
+                            metadata=dict(read_metadata(DEFAULT_SCAN_WEIGHTS_PATH)), refiner=refiner)
+    plain = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2))
+    refined = TilePredictor(InferenceSpec(device="cpu", amp=False, torch_threads=2, weights_path=str(path)))
+    assert plain.refiner is None and refined.refiner is not None
+    rng = np.random.default_rng(3)
+    tiles = (0.2 + 0.05 * rng.standard_normal((2, 64, 64))).astype(np.float32)
+    tiles[:, 20:23, 40:43] += 0.6
+    network_probs = plain.predict(tiles)
+    got = refined.predict(tiles)
+    assert not np.allclose(got, network_probs, atol=1e-3)
+    # the refiner of the file (float16 tensors), on each native tile and the network's probabilities
+    for tile, prob, out in zip(tiles, network_probs, got, strict=True):
+        np.testing.assert_allclose(out, refine_probs(refined.refiner, tile, prob), atol=1e-5)

@@ -1,0 +1,153 @@
+"""The outline refiner: its features, identity at start, strips, weights files, and that
+fitting it redraws outlines that a network draws too wide (data built with known truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from mim_model import MiM, WeightsError
+from mim_model.refiner import OutlineRefiner, RefinerConfig, refine_probs, refiner_features
+from mim_model.training.metrics import IRSTDMetrics
+from mim_model.training.refine import RefinerError, RefinerTrainConfig, fit_refiner, refiner_crop
+from mim_model.weights import load_model, load_refiner, read_metadata, save_safetensors
+
+
+def _perturbed(seed: int = 0) -> OutlineRefiner:
+    """A refiner whose head is not zero (an untrained one is the identity)."""
+    torch.manual_seed(seed)
+    refiner = OutlineRefiner(RefinerConfig(width=8))
+    torch.nn.init.normal_(refiner.head.weight, std=0.5)
+    return refiner.eval()
+
+
+def test_config_checks_and_reach() -> None:
+    assert RefinerConfig().reach_px == 1 + 2 + 4 + 1 + 7
+    assert RefinerConfig.from_json(RefinerConfig(width=8, dilations=(1, 3)).to_json()) == RefinerConfig(8, (1, 3))
+    with pytest.raises(ValueError, match="contrast_box_px"):
+        RefinerConfig(contrast_box_px=14)
+    with pytest.raises(ValueError, match="dilations"):
+        RefinerConfig(dilations=())
+    with pytest.raises(RefinerError, match="crop_px"):
+        RefinerTrainConfig(crop_px=4)
+
+
+def test_features_of_a_known_image() -> None:
+    image = torch.zeros(1, 1, 9, 9)
+    image[0, 0, 4, 4] = 0.81  # one bright pixel: mean 0.81 / 81 = 0.01, variance 0.81**2 / 81 - 0.01**2
+    prob = torch.full((1, 1, 9, 9), 0.5)
+    feats = refiner_features(image, prob, contrast_box_px=3)
+    scale = 0.008**0.5 + 1e-3
+    assert feats.shape == (1, 4, 9, 9)
+    assert feats[0, 0, 4, 4].item() == pytest.approx((0.81 - 0.01) / scale, rel=1e-5)
+    assert feats[0, 0, 0, 0].item() == pytest.approx(-0.01 / scale, rel=1e-5)
+    assert feats[0, 1, 4, 4].item() == pytest.approx((0.81 - 0.09) / scale, rel=1e-5)  # box mean 0.81 / 9
+    assert feats[0, 1, 4, 5].item() == pytest.approx(-0.09 / scale, rel=1e-5)
+    assert feats[0, 1, 0, 0].item() == 0.0
+    assert torch.all(feats[0, 2] == 0.5) and torch.allclose(feats[0, 3], torch.zeros(9, 9))
+
+
+def test_an_untrained_refiner_returns_the_network_logit() -> None:
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((2, 1, 40, 40), dtype=np.float32))
+    prob = torch.from_numpy(rng.random((2, 1, 40, 40), dtype=np.float32)).clamp(0.01, 0.99)
+    logits = OutlineRefiner()(image, prob)
+    assert torch.allclose(torch.sigmoid(logits), prob, atol=1e-6)
+
+
+def test_strips_equal_the_whole_image() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.random((150, 70), dtype=np.float32)
+    prob = rng.random((150, 70), dtype=np.float32)
+    refiner = _perturbed()
+    whole = refine_probs(refiner, image, prob, strip_px=1000)
+    strips = refine_probs(refiner, image, prob, strip_px=16)
+    assert not np.allclose(whole, prob, atol=1e-3)  # the perturbed head changes something
+    np.testing.assert_allclose(strips, whole, atol=1e-6)
+
+
+def test_crops_hold_targets_and_keep_features_with_their_mask() -> None:
+    features = np.zeros((4, 100, 120), np.float32)
+    mask = np.zeros((100, 120), np.float32)
+    mask[50:53, 60:63] = 1
+    features[0] = mask * 5  # a feature that marks the target: it must turn with the mask
+    cfg = RefinerTrainConfig(crop_px=32, near_target_share=1.0, near_radius_px=4)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        f, m = refiner_crop(features, mask, cfg, rng)
+        assert f.shape == (4, 32, 32) and m.shape == (32, 32)
+        assert m.sum() == 9 and np.array_equal(f[0] == 5, m == 1)
+    small_f, small_m = refiner_crop(features[:, :20, :20], mask[:20, :20], cfg, rng)  # zero-padded up
+    assert small_f.shape == (4, 32, 32) and small_m.shape == (32, 32)
+
+
+def _blob_scene(rng: np.random.Generator, side_px: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image with Gaussian targets on noise; truth = pixels above half a target's peak; the
+    'network' draws each target two pixels too wide and blurred (the error to be undone)."""
+    yy, xx = np.mgrid[:side_px, :side_px]
+    image = 0.2 + 0.02 * rng.standard_normal((side_px, side_px))
+    mask = np.zeros((side_px, side_px), bool)
+    for _ in range(4):
+        cy, cx = rng.uniform(12, side_px - 12, 2)
+        sigma, peak = rng.uniform(1.0, 2.2), rng.uniform(0.4, 0.7)
+        blob = peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+        image += blob
+        mask |= blob > peak / 2
+    wide = ndimage.binary_dilation(mask, iterations=2).astype(np.float32)
+    prob = np.clip(ndimage.gaussian_filter(wide, 0.7) * 0.98 + 0.01, 0, 1)
+    return np.clip(image, 0, 1).astype(np.float32), prob.astype(np.float32), mask
+
+
+def _iou(probs: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    metrics = IRSTDMetrics()
+    for p, m in zip(probs, masks, strict=True):
+        metrics.update(p > 0.5, m)
+    return float(metrics.result()["iou"])
+
+
+def test_fitting_redraws_outlines_drawn_too_wide() -> None:
+    rng = np.random.default_rng(0)
+    train = [_blob_scene(rng) for _ in range(6)]
+    held_out = [_blob_scene(rng) for _ in range(4)]
+    cfg = RefinerTrainConfig(steps=120, batch_size=16, crop_px=32, lr=5e-3)
+    refiner, records = fit_refiner(*zip(*train), cfg, config=RefinerConfig(width=16), log_every=50)
+    assert records[-1]["step"] == 120 and records[-1]["loss"] < records[0]["loss"]
+    before = _iou([p for _, p, _ in held_out], [m for *_, m in held_out])
+    after = _iou([refine_probs(refiner, i, p) for i, p, _ in held_out], [m for *_, m in held_out])
+    assert before < 0.5  # two pixels too wide around targets of a few pixels
+    assert after > 0.8 and after > before + 0.4, (before, after)
+
+
+def test_fit_refuses_mismatched_inputs() -> None:
+    with pytest.raises(RefinerError, match="image 0"):
+        fit_refiner([np.zeros((8, 8))], [np.zeros((8, 9))], [np.zeros((8, 8), bool)])
+
+
+def test_weights_file_carries_the_refiner(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MiM(layout="spatial")
+    refiner = _perturbed()
+    path = save_safetensors(model, tmp_path / "w.safetensors", metadata={"threshold": "0.5"}, refiner=refiner)
+    loaded = load_refiner(path)
+    assert loaded is not None and loaded.config == refiner.config
+    for name, value in refiner.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value.half().float())
+    network = load_model(path)  # the network loads strictly, without the refiner's tensors
+    assert not any(k.startswith("refiner") for k in network.state_dict())
+    plain = save_safetensors(network, tmp_path / "plain.safetensors", metadata=dict(read_metadata(path)))
+    assert load_refiner(plain) is None and "refiner_config" not in read_metadata(plain)
+
+
+def test_a_broken_refiner_config_is_one_clear_error(tmp_path: Path) -> None:
+    model = MiM(layout="spatial")
+    path = save_safetensors(model, tmp_path / "w.safetensors", refiner=_perturbed())
+    from safetensors.torch import load_file, save_file
+
+    meta = read_metadata(path)
+    save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={**meta, "refiner_config": '{"width": 64}'})
+    with pytest.raises(WeightsError, match="bad.safetensors: refiner tensors"):
+        load_refiner(tmp_path / "bad.safetensors")
