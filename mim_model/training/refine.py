@@ -36,7 +36,7 @@ from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
 from mim_model.training.inference import predict_probs, weights_input_scale
 from mim_model.training.loss import soft_iou_loss
 
-__all__ = ["RefinerError", "RefinerTrainConfig", "fit_refiner", "refiner_crop", "train_refiner"]
+__all__ = ["RefinerError", "RefinerTrainConfig", "crop_centres", "fit_refiner", "refiner_crop", "train_refiner"]
 
 
 class RefinerError(MiMError, ValueError):
@@ -84,14 +84,23 @@ def _padded_to(array: npt.NDArray, side_px: int) -> npt.NDArray:
     return np.pad(array, pad)
 
 
+def crop_centres(features: npt.NDArray[np.float32], mask: npt.NDArray[np.float32],
+                 cfg: RefinerTrainConfig) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(rows, cols) of the pixels a crop may be centred near: targets, and pixels the network
+    gives more than ``cfg.near_prob``."""
+    return np.nonzero((mask > 0) | (features[2] > cfg.near_prob))
+
+
 def refiner_crop(
     features: npt.NDArray[np.float32], mask: npt.NDArray[np.float32], cfg: RefinerTrainConfig, rng: np.random.Generator,
+    centres: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """One training crop ((4, C, C) features, (C, C) mask) of an image's features and mask."""
+    """One training crop ((4, C, C) features, (C, C) mask) of an image's features and mask
+    (``centres``: :func:`crop_centres` of them, computed once per image by the caller)."""
     crop = cfg.crop_px
+    rows, cols = centres if centres is not None else crop_centres(features, mask, cfg)
     features, mask = _padded_to(features, crop), _padded_to(mask, crop)
     height, width = mask.shape
-    rows, cols = np.nonzero((mask > 0) | (features[2] > cfg.near_prob))
     if len(rows) and rng.random() < cfg.near_target_share:
         j = rng.integers(len(rows))
         r = cfg.near_radius_px
@@ -154,13 +163,14 @@ def fit_refiner(
         t_prob = torch.from_numpy(np.asarray(prob, dtype=np.float32))[None, None]
         features.append(refiner_features(t_img, t_prob, box)[0].numpy())
         targets.append(np.asarray(mask, dtype=np.float32))
+    centres = [crop_centres(f, t, cfg) for f, t in zip(features, targets, strict=True)]
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.steps, pct_start=cfg.warmup_share)
     refiner.train()
     records: list[dict[str, float]] = []
     running, start = 0.0, time.monotonic()
     for step in range(cfg.steps):
-        crops = [refiner_crop(features[k], targets[k], cfg, rng)
+        crops = [refiner_crop(features[k], targets[k], cfg, rng, centres[k])
                  for k in rng.integers(len(features), size=cfg.batch_size)]
         x = torch.from_numpy(np.stack([c[0] for c in crops])).to(device)
         y = torch.from_numpy(np.stack([c[1] for c in crops]))[:, None].to(device)

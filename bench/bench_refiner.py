@@ -1,0 +1,152 @@
+"""Outline-refiner recipes compared on SIRST val (docs/benchmarks.md, "Refiner recipes").
+
+    python bench/bench_refiner.py DATA_DIR --network run3=W1 --network run36=W2 --seeds 0,1,2 \
+        --device cuda --workers 6 --out RESULTS.jsonl [--refit run8=W3 --refit-split trainval --refit-dir DIR]
+
+For each network (trained on ``train`` only) its probabilities on train and val are computed
+once (fp32, the weights' input scale, no flips); every recipe of :data:`RECIPES` is fitted
+to its train probabilities with each seed, and the refined val probabilities are scored at
+the weights' threshold (IoU, nIoU, Pd, Fa). One JSON line per fit, then one summary line per
+recipe (means over networks and seeds). With ``--refit``, each recipe is also fitted (seed
+0) to that network on ``--refit-split`` and its refiner alone is saved as
+``DIR/<recipe>.safetensors`` (to be put beside the network with
+:func:`mim_model.weights.save_safetensors`). Nothing is scored on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mim_model.refiner import RefinerConfig, refine_probs  # noqa: E402
+from mim_model.training.data import SirstSplit  # noqa: E402
+from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold  # noqa: E402
+from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
+from mim_model.training.refine import RefinerTrainConfig, fit_refiner  # noqa: E402
+from mim_model.weights import load_model  # noqa: E402
+
+#: name -> (refiner shape, training recipe); "default" is the packaged recipe.
+RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
+    "default": (RefinerConfig(), RefinerTrainConfig()),
+    "steps4x": (RefinerConfig(), RefinerTrainConfig(steps=6000)),
+    "wide": (RefinerConfig(width=64, dilations=(1, 2, 4, 8, 1)), RefinerTrainConfig()),
+    "wide_steps4x": (RefinerConfig(width=64, dilations=(1, 2, 4, 8, 1)), RefinerTrainConfig(steps=6000)),
+}
+
+
+def _probs(weights: str, split: SirstSplit, device: str) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    model = load_model(weights, device=device)
+    images = [im.astype(np.float32) / 255.0 for im in split.images]
+    probs = predict_probs(model, images, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
+    return images, probs, weights_threshold(model)
+
+
+def _fit_and_score(job: dict) -> dict:
+    torch.set_num_threads(2)
+    cache = np.load(job["cache"], allow_pickle=True)
+    config, cfg = RECIPES[job["recipe"]]
+    cfg = RefinerTrainConfig(**{**asdict(cfg), "seed": job["seed"], **({"steps": job["steps"]} if job.get("steps") else {})})
+    t0 = time.monotonic()
+    refiner, records = fit_refiner(list(cache["fit_images"]), list(cache["fit_probs"]), list(cache["fit_masks"]), cfg,
+                                   config, device=job["device"], log_every=cfg.steps)
+    fit_s = time.monotonic() - t0
+    result = {k: job[k] for k in ("network", "recipe", "seed")}
+    result.update(fit_seconds=round(fit_s, 1), final_loss=records[-1]["loss"])
+    if job.get("save"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().half().contiguous() for k, v in refiner.state_dict().items()}, job["save"],
+                  metadata={"refiner_config": config.to_json(), "refiner_train": json.dumps({"recipe": asdict(cfg),
+                            "progress": records})})
+        result["saved"] = job["save"]
+        return result
+    metrics = IRSTDMetrics()
+    for img, prob, mask in zip(cache["val_images"], cache["val_probs"], cache["val_masks"], strict=True):
+        metrics.update(refine_probs(refiner, img, prob) > float(cache["threshold"]), mask)
+    scores = metrics.result()
+    result.update({k: round(float(scores[k]), 6) for k in ("iou", "niou", "pd", "fa")},
+                  false_alarm_px=int(scores["false_alarm_px"]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--network", action="append", default=[], metavar="NAME=WEIGHTS", help="trained on train only")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", default="/tmp/bench_refiner")
+    parser.add_argument("--refit", metavar="NAME=WEIGHTS")
+    parser.add_argument("--refit-split", default="trainval")
+    parser.add_argument("--refit-dir")
+    parser.add_argument("--smoke-steps", type=int, help="a smoke test: every fit this many steps")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    train, val = SirstSplit.load(args.data_dir, "train", "idx_427"), SirstSplit.load(args.data_dir, "val", "idx_427")
+    jobs = []
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for spec in args.network:
+        name, weights = spec.split("=", 1)
+        t0 = time.monotonic()
+        fit_images, fit_probs, threshold = _probs(weights, train, args.device)
+        val_images, val_probs, _ = _probs(weights, val, args.device)
+        base = IRSTDMetrics()
+        for prob, mask in zip(val_probs, val.masks, strict=True):
+            base.update(prob > threshold, mask)
+        scores = base.result()
+        print(json.dumps({"network": name, "recipe": "none", "seconds_probs": round(time.monotonic() - t0, 1),
+                          **{k: round(float(scores[k]), 6) for k in ("iou", "niou", "pd", "fa")},
+                          "false_alarm_px": int(scores["false_alarm_px"])}), flush=True)
+        cache = work / f"{name}.npz"
+        np.savez(cache, fit_images=np.array(fit_images, dtype=object), fit_probs=np.array(fit_probs, dtype=object),
+                 fit_masks=np.array(train.masks, dtype=object), val_images=np.array(val_images, dtype=object),
+                 val_probs=np.array(val_probs, dtype=object), val_masks=np.array(val.masks, dtype=object),
+                 threshold=threshold)
+        jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
+                  "steps": args.smoke_steps} for r in RECIPES for s in seeds]
+    if args.refit:
+        name, weights = args.refit.split("=", 1)
+        split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
+        images, probs, threshold = _probs(weights, split, args.device)
+        cache = work / f"{name}_{args.refit_split}.npz"
+        np.savez(cache, fit_images=np.array(images, dtype=object), fit_probs=np.array(probs, dtype=object),
+                 fit_masks=np.array(split.masks, dtype=object), threshold=threshold)
+        Path(args.refit_dir).mkdir(parents=True, exist_ok=True)
+        jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": 0, "device": args.device,
+                  "steps": args.smoke_steps, "save": str(Path(args.refit_dir) / f"{r}.safetensors")} for r in RECIPES]
+    rows = []
+    with open(args.out, "w") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        for row in pool.map(_fit_and_score, jobs):
+            print(json.dumps(row), flush=True)
+            out.write(json.dumps(row) + "\n")
+            rows.append(row)
+        for recipe in RECIPES:
+            scored = [r for r in rows if r["recipe"] == recipe and "iou" in r]
+            if scored:
+                summary = {"recipe": recipe, "fits": len(scored),
+                           **{f"mean_{k}": round(float(np.mean([r[k] for r in scored])), 6) for k in ("iou", "niou", "pd", "fa")},
+                           "min_pd_by_network": {n: min(r["pd"] for r in scored if r["network"] == n)
+                                                 for n in sorted({r["network"] for r in scored})}}
+                print(json.dumps(summary), flush=True)
+                out.write(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()
