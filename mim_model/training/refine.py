@@ -11,8 +11,9 @@ or that the network gives more than ``near_prob`` (outlines and false alarms are
 corrections are), else anywhere; each crop is turned by a random multiple of 90 degrees and
 flipped left-right with probability one half. The loss is the batch-level SoftIoU of the
 refined logits; AdamW with a one-cycle schedule (``warmup_share`` of the steps rising to
-``lr``, then cosine annealing). CPU is enough: 1,500 steps of 32 crops take about 9 min
-on 2 cores.
+``lr``, then cosine annealing). The defaults are the recipe chosen on val (docs/benchmarks.md,
+"Refiner recipes"): 6,000 steps of 32 crops, about 70 s on an H100 and about half an hour on
+one CPU thread.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 class RefinerTrainConfig:
     """Recipe of :func:`fit_refiner` (module docstring); the defaults are the judged recipe."""
 
-    steps: int = 1500
+    steps: int = 6000
     batch_size: int = 32
     crop_px: int = 64
     lr: float = 2e-3

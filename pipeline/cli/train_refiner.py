@@ -23,7 +23,7 @@ import click
 @click.option("--split", default="train", show_default=True,
               help="Split the refiner fits on: the one the network trained on (trainval for the packaged weights).")
 @click.option("--split-dir", default="idx_427", show_default=True, help="Folder of split files under DATA_DIR.")
-@click.option("--steps", type=int, help="Optimiser steps. [1500]")
+@click.option("--steps", type=int, help="Optimiser steps. [6000]")
 @click.option("--seed", type=int, help="[0]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")

@@ -31,8 +31,8 @@ def test_packaged_weights_on_the_test_split_with_and_without_their_refiner() -> 
     refined = [refine_probs(refiner, img, prob) for img, prob in zip(images, network, strict=True)]
     threshold = weights_threshold(model)
     alone, together = _scores(network, split.masks, threshold), _scores(refined, split.masks, threshold)
-    # the model card's figures (CPU, fp32): network alone 0.7133 / 0.7145 / 0.9817; refined 0.7400 / 0.7613 / 0.9817
+    # the model card's figures (CPU, fp32): network alone 0.7133 / 0.7145 / 0.9817; refined 0.7368 / 0.7635 / 0.9817
     assert alone["iou"] == pytest.approx(0.7133, abs=0.002) and alone["niou"] == pytest.approx(0.7145, abs=0.002)
-    assert together["iou"] == pytest.approx(0.7400, abs=0.002) and together["niou"] == pytest.approx(0.7613, abs=0.002)
+    assert together["iou"] == pytest.approx(0.7368, abs=0.002) and together["niou"] == pytest.approx(0.7635, abs=0.002)
     assert together["n_matched"] == alone["n_matched"] == 107 and together["n_targets"] == 109
     assert together["niou"] >= 0.76  # the nIoU target; IoU (0.78) and Fa (1e-5) are not reached
