@@ -92,9 +92,11 @@ def save_safetensors(
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     config = dataclasses.replace(model.config, keep_relative_pos=False)
     meta["mim_config"] = _config_to_json(config)
-    meta.pop("refiner_config", None)
     if refiner is not None:
         meta["refiner_config"] = refiner.config.to_json()
+    else:  # metadata copied from a file with a refiner must not describe one that is not there
+        meta.pop("refiner_config", None)
+        meta.pop("refiner_train", None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -9,7 +9,9 @@ precision so that any other threshold can be applied later.
 Images are resized by the weights' ``input_scale``, zero-padded to a square multiple of 64,
 and the probabilities are cropped and resized back; images whose longer side (after
 resizing) exceeds ``max_side_px`` (default 1024) are tiled (512 px tiles, 64 px halo), so
-memory stays bounded for any size (see :mod:`mim_model.training.inference`).
+memory stays bounded for any size (see :mod:`mim_model.training.inference`). When the
+weights file carries an outline refiner (:mod:`mim_model.refiner`), it is applied to the
+probabilities at the input's size unless ``refine=False``.
 """
 
 from __future__ import annotations

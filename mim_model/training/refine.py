@@ -207,8 +207,8 @@ def train_refiner(
 
     The network runs as :func:`~mim_model.training.evaluate.evaluate` runs it (its own input
     scale, no flips, without any refiner the file already carries); the refiner is fitted on
-    ``device`` (CPU is enough). Returns a summary: the split, the images, the recipe, the
-    progress records and ``out``.
+    ``device`` (a GPU takes about a minute, one CPU thread about half an hour). Returns a
+    summary: the split, the images, the recipe, the progress records and ``out``.
 
     Raises
     ------

@@ -131,7 +131,8 @@ def test_weights_file_carries_the_refiner(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = MiM(layout="spatial")
     refiner = _perturbed()
-    path = save_safetensors(model, tmp_path / "w.safetensors", metadata={"threshold": "0.5"}, refiner=refiner)
+    path = save_safetensors(model, tmp_path / "w.safetensors", metadata={"threshold": "0.5", "refiner_train": "{}"},
+                            refiner=refiner)
     loaded = load_refiner(path)
     assert loaded is not None and loaded.config == refiner.config
     for name, value in refiner.state_dict().items():
@@ -139,7 +140,8 @@ def test_weights_file_carries_the_refiner(tmp_path: Path) -> None:
     network = load_model(path)  # the network loads strictly, without the refiner's tensors
     assert not any(k.startswith("refiner") for k in network.state_dict())
     plain = save_safetensors(network, tmp_path / "plain.safetensors", metadata=dict(read_metadata(path)))
-    assert load_refiner(plain) is None and "refiner_config" not in read_metadata(plain)
+    assert load_refiner(plain) is None and {"refiner_config", "refiner_train"}.isdisjoint(read_metadata(plain))
+    assert read_metadata(plain)["threshold"] == "0.5"
 
 
 def test_a_broken_refiner_config_is_one_clear_error(tmp_path: Path) -> None:
