@@ -45,6 +45,9 @@ RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
     "steps4x": (RefinerConfig(), RefinerTrainConfig(steps=6000)),
     "wide": (RefinerConfig(width=64, dilations=(1, 2, 4, 8, 1)), RefinerTrainConfig(steps=1500)),
     "wide_steps4x": (RefinerConfig(width=64, dilations=(1, 2, 4, 8, 1)), RefinerTrainConfig(steps=6000)),
+    # the second round (docs/benchmarks.md, "Refiner recipes, second round"): against steps4x
+    "steps16x": (RefinerConfig(), RefinerTrainConfig(steps=24000)),
+    "steps4x_batch4x": (RefinerConfig(), RefinerTrainConfig(steps=6000, batch_size=128)),
 }
 
 
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--refit-split", default="trainval")
     parser.add_argument("--refit-dir")
     parser.add_argument("--smoke-steps", type=int, help="a smoke test: every fit this many steps")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="names of RECIPES to run [all]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -103,6 +107,10 @@ def main() -> None:
     train, val = SirstSplit.load(args.data_dir, "train", "idx_427"), SirstSplit.load(args.data_dir, "val", "idx_427")
     jobs = []
     seeds = [int(s) for s in args.seeds.split(",")]
+    recipes = args.recipes.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        sys.exit(f"bench_refiner: --recipes: expected names of {sorted(RECIPES)}, got {unknown}")
     for spec in args.network:
         name, weights = spec.split("=", 1)
         t0 = time.monotonic()
@@ -121,7 +129,7 @@ def main() -> None:
                  val_probs=np.array(val_probs, dtype=object), val_masks=np.array(val.masks, dtype=object),
                  threshold=threshold)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
-                  "steps": args.smoke_steps} for r in RECIPES for s in seeds]
+                  "steps": args.smoke_steps} for r in recipes for s in seeds]
     if args.refit:
         name, weights = args.refit.split("=", 1)
         split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
@@ -131,14 +139,14 @@ def main() -> None:
                  fit_masks=np.array(split.masks, dtype=object), threshold=threshold)
         Path(args.refit_dir).mkdir(parents=True, exist_ok=True)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": 0, "device": args.device,
-                  "steps": args.smoke_steps, "save": str(Path(args.refit_dir) / f"{r}.safetensors")} for r in RECIPES]
+                  "steps": args.smoke_steps, "save": str(Path(args.refit_dir) / f"{r}.safetensors")} for r in recipes]
     rows = []
     with open(args.out, "w") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         for row in pool.map(_fit_and_score, jobs):
             print(json.dumps(row), flush=True)
             out.write(json.dumps(row) + "\n")
             rows.append(row)
-        for recipe in RECIPES:
+        for recipe in recipes:
             scored = [r for r in rows if r["recipe"] == recipe and "iou" in r]
             if scored:
                 summary = {"recipe": recipe, "fits": len(scored),
