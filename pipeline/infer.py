@@ -180,6 +180,10 @@ class TilePredictor:
 
     ``margin_px`` (tile pixels) is the margin of each tile whose probabilities the caller
     throws away (the tile's halo): with ``spec.window_px`` the windows cover only the rest.
+
+    When the weights file carries an outline refiner (:mod:`mim_model.refiner`; the packaged
+    scan weights do not), it is applied last, to each whole tile at the scene's resolution,
+    with the tile's own mean and spread; its reach (15 px) lies well inside any halo.
     """
 
     def __init__(self, spec: InferenceSpec, margin_px: int = 0) -> None:
