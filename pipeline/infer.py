@@ -183,7 +183,7 @@ class TilePredictor:
 
     When the weights file carries an outline refiner (:mod:`mim_model.refiner`; the packaged
     scan weights do not), it is applied last, to each whole tile at the scene's resolution,
-    with the tile's own mean and spread; its reach (15 px) lies well inside any halo.
+    with the tile's own mean and spread; its reach (15 px) lies well inside the default halo (64 px).
     """
 
     def __init__(self, spec: InferenceSpec, margin_px: int = 0) -> None:
