@@ -220,6 +220,17 @@ def test_train_refiner_writes_the_network_with_a_refiner_that_evaluate_uses(tmp_
     assert refined["refiner"] is True and network_alone["refiner"] is left_out["refiner"] is False
     assert {k: left_out[k] for k in ("iou", "pd", "fa")} == {k: network_alone[k] for k in ("iou", "pd", "fa")}
 
+    def probabilities(name: str, *extra: str) -> np.ndarray:
+        run = CliRunner().invoke(cli, ["predict", str(data / "images" / "Misc_40.png"), "--out", str(tmp_path / name),
+                                       "--prob", "--device", "cpu", *extra])
+        assert run.exit_code == 0, run.output
+        with Image.open(tmp_path / name / "Misc_40_prob.tif") as im:
+            return np.asarray(im)
+
+    plain = probabilities("plain", "--weights", str(weights))
+    np.testing.assert_array_equal(probabilities("alone", "--weights", str(out), "--no-refiner"), plain)
+    assert not np.array_equal(probabilities("refined", "--weights", str(out)), plain)
+
 
 def test_train_refiner_refuses_to_overwrite(tmp_path: Path, weights: Path) -> None:
     same = CliRunner().invoke(cli, ["train-refiner", str(tmp_path), "--weights", str(weights), "--out", str(weights)])
