@@ -121,19 +121,31 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(float32 state_dict, metadata) from a safetensors weights file."""
+def load_safetensors(
+    path: str | os.PathLike, *, prefix: str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(float32 state_dict, metadata) from a safetensors weights file; with ``prefix``, only
+    the tensors whose names start with it are read (names kept whole)."""
     path = Path(path)
     metadata = read_metadata(path)
     try:
-        tensors = load_file(str(path))
+        if prefix is None:
+            tensors = load_file(str(path))
+        else:
+            with safe_open(str(path), framework="pt") as handle:
+                tensors = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return state, metadata
 
 
-def _check_and_load(model: MiM, state: dict[str, torch.Tensor], source: Path) -> None:
+def _check_and_load(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path,
+    what: str = "weights do not match the MiM network",
+) -> None:
+    """Load ``state`` into ``model`` strictly, or raise one :class:`WeightsError` that names
+    ``source``, ``what`` failed, and the missing, unexpected and misshapen tensors."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -150,7 +162,7 @@ def _check_and_load(model: MiM, state: dict[str, torch.Tensor], source: Path) ->
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if mismatched:
             parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:3])})")
-        raise WeightsError(f"{source}: weights do not match the MiM network: " + "; ".join(parts))
+        raise WeightsError(f"{source}: {what}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
 
 
@@ -180,19 +192,15 @@ def load_refiner(
     """The eval-mode outline refiner carried in ``weights_path`` (default: the packaged
     weights), or None when the file carries none."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS_PATH
-    state, metadata = load_safetensors(path)
-    if "refiner_config" not in metadata:
+    if "refiner_config" not in read_metadata(path):  # the header only: most files carry none
         return None
+    state, metadata = load_safetensors(path, prefix=REFINER_PREFIX)
     try:
         refiner = OutlineRefiner(RefinerConfig.from_json(metadata["refiner_config"]))
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{path}: metadata 'refiner_config' is not a valid refiner config ({exc})") from None
-    own = {k[len(REFINER_PREFIX):]: v for k, v in state.items() if k.startswith(REFINER_PREFIX)}
-    expected = refiner.state_dict()
-    if set(own) != set(expected) or any(tuple(own[k].shape) != tuple(expected[k].shape) for k in expected):
-        raise WeightsError(f"{path}: refiner tensors: expected {len(expected)} matching 'refiner_config', "
-                           f"got {len(own)} ({', '.join(sorted(own)[:3]) or 'none'})")
-    refiner.load_state_dict(own, strict=True)
+    own = {k[len(REFINER_PREFIX):]: v for k, v in state.items()}
+    _check_and_load(refiner, own, path, what="refiner tensors do not match its 'refiner_config'")
     return refiner.to(device).eval()
 
 

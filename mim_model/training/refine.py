@@ -220,7 +220,7 @@ def train_refiner(
         ``out`` is the weights file itself, or exists and ``overwrite`` is off.
     """
     from mim_model.training.train import resolve_device
-    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, read_metadata, save_safetensors, weights_sha256
+    from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, save_safetensors, weights_sha256
 
     cfg = cfg or RefinerTrainConfig()
     source = Path(weights) if weights is not None else DEFAULT_WEIGHTS_PATH
@@ -237,7 +237,7 @@ def train_refiner(
     probs = predict_probs(model, images, device=dev, amp=False, batch_size=batch_size, scale=weights_input_scale(model))
     log.info("network probabilities of %d %s images in %.0f s", len(images), split, time.monotonic() - t0)
     refiner, records = fit_refiner(images, probs, data.masks, cfg, device=dev)
-    metadata = dict(read_metadata(source))
+    metadata = dict(model.weights_metadata)  # the source file's, as load_model read it
     provenance = {"data": Path(data_dir).name, "split": split, "split_dir": split_dir, "images": len(images),
                   "network_sha256": weights_sha256(source), "recipe": asdict(cfg), "progress": records}
     metadata["refiner_train"] = json.dumps(provenance, sort_keys=True)
