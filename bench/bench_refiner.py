@@ -10,7 +10,11 @@ the weights' threshold (IoU, nIoU, Pd, Fa). One JSON line per fit, then one summ
 recipe (means over networks and seeds). With ``--refit``, each recipe is also fitted (seed
 0) to that network on ``--refit-split`` and its refiner alone is saved as
 ``DIR/<recipe>.safetensors`` (to be put beside the network with
-:func:`mim_model.weights.save_safetensors`). Nothing is scored on test.
+:func:`mim_model.weights.save_safetensors`). With ``--flip-agreement`` every scoring is
+repeated with :mod:`mim_model.training.flip_agreement` (the network's val probabilities of
+the three flipped images are computed once; each fit refines them in their own orientation),
+reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"). Nothing is scored
+on test.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from mim_model.refiner import RefinerConfig, refine_probs  # noqa: E402
 from mim_model.training.data import SirstSplit  # noqa: E402
+from mim_model.training.flip_agreement import FLIP_AXES, keep_agreed  # noqa: E402
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold  # noqa: E402
 from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
 from mim_model.training.refine import RefinerTrainConfig, fit_refiner  # noqa: E402
@@ -51,11 +56,30 @@ RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
 }
 
 
-def _probs(weights: str, split: SirstSplit, device: str) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+def _probs(weights: str, split: SirstSplit, device: str, flip_axes: tuple[int, ...] = ()
+           ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Images in [0, 1] and the network's probabilities (of the images flipped on
+    ``flip_axes``, flipped back) and the weights' threshold."""
     model = load_model(weights, device=device)
     images = [im.astype(np.float32) / 255.0 for im in split.images]
-    probs = predict_probs(model, images, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
-    return images, probs, weights_threshold(model)
+    flipped = [np.ascontiguousarray(np.flip(im, flip_axes)) for im in images]
+    probs = predict_probs(model, flipped, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
+    return images, [np.ascontiguousarray(np.flip(p, flip_axes)) for p in probs], weights_threshold(model)
+
+
+def _scores(metrics: IRSTDMetrics) -> dict:
+    scores = metrics.result()
+    return {**{k: round(float(scores[k]), 6) for k in ("iou", "niou", "pd", "fa")},
+            "false_alarm_px": int(scores["false_alarm_px"])}
+
+
+def _agreed_scores(probs: list[np.ndarray], flipped: list[list[np.ndarray]], masks: list[np.ndarray],
+                   threshold: float) -> dict:
+    """Scores of the flip-agreed masks; ``flipped[k][i]``: pass k of image i, on the image's grid."""
+    metrics = IRSTDMetrics()
+    for i, (prob, mask) in enumerate(zip(probs, masks, strict=True)):
+        metrics.update(keep_agreed(prob, [f[i] for f in flipped], threshold), mask)
+    return _scores(metrics)
 
 
 def _fit_and_score(job: dict) -> dict:
@@ -78,11 +102,16 @@ def _fit_and_score(job: dict) -> dict:
         result["saved"] = job["save"]
         return result
     metrics = IRSTDMetrics()
-    for img, prob, mask in zip(cache["val_images"], cache["val_probs"], cache["val_masks"], strict=True):
-        metrics.update(refine_probs(refiner, img, prob) > float(cache["threshold"]), mask)
-    scores = metrics.result()
-    result.update({k: round(float(scores[k]), 6) for k in ("iou", "niou", "pd", "fa")},
-                  false_alarm_px=int(scores["false_alarm_px"]))
+    threshold = float(cache["threshold"])
+    refined = [refine_probs(refiner, img, prob) for img, prob in zip(cache["val_images"], cache["val_probs"], strict=True)]
+    for prob, mask in zip(refined, cache["val_masks"], strict=True):
+        metrics.update(prob > threshold, mask)
+    result.update(_scores(metrics))
+    if "val_flip_probs" in cache.files:
+        flipped = [[np.flip(refine_probs(refiner, np.flip(img, axes), np.flip(prob, axes)), axes)
+                    for img, prob in zip(cache["val_images"], probs, strict=True)]
+                   for axes, probs in zip(FLIP_AXES, cache["val_flip_probs"], strict=True)]
+        result["flip_agreement"] = _agreed_scores(refined, flipped, list(cache["val_masks"]), threshold)
     return result
 
 
@@ -100,6 +129,7 @@ def main() -> None:
     parser.add_argument("--refit-dir")
     parser.add_argument("--smoke-steps", type=int, help="a smoke test: every fit this many steps")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="names of RECIPES to run [all]")
+    parser.add_argument("--flip-agreement", action="store_true", help="also score every fit with flip agreement")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -119,15 +149,21 @@ def main() -> None:
         base = IRSTDMetrics()
         for prob, mask in zip(val_probs, val.masks, strict=True):
             base.update(prob > threshold, mask)
-        scores = base.result()
-        print(json.dumps({"network": name, "recipe": "none", "seconds_probs": round(time.monotonic() - t0, 1),
-                          **{k: round(float(scores[k]), 6) for k in ("iou", "niou", "pd", "fa")},
-                          "false_alarm_px": int(scores["false_alarm_px"])}), flush=True)
+        line = {"network": name, "recipe": "none", **_scores(base)}
+        extra = {}
+        if args.flip_agreement:
+            flipped = [_probs(weights, val, args.device, axes)[1] for axes in FLIP_AXES]
+            line["flip_agreement"] = _agreed_scores(val_probs, flipped, val.masks, threshold)
+            extra["val_flip_probs"] = np.empty((len(FLIP_AXES), len(val_probs)), dtype=object)
+            for k, answers in enumerate(flipped):
+                extra["val_flip_probs"][k, :] = answers
+        line["seconds_probs"] = round(time.monotonic() - t0, 1)
+        print(json.dumps(line), flush=True)
         cache = work / f"{name}.npz"
         np.savez(cache, fit_images=np.array(fit_images, dtype=object), fit_probs=np.array(fit_probs, dtype=object),
                  fit_masks=np.array(train.masks, dtype=object), val_images=np.array(val_images, dtype=object),
                  val_probs=np.array(val_probs, dtype=object), val_masks=np.array(val.masks, dtype=object),
-                 threshold=threshold)
+                 threshold=threshold, **extra)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
                   "steps": args.smoke_steps} for r in recipes for s in seeds]
     if args.refit:
@@ -150,7 +186,11 @@ def main() -> None:
             scored = [r for r in rows if r["recipe"] == recipe and "iou" in r]
             if scored:
                 summary = {"recipe": recipe, "fits": len(scored),
-                           **{f"mean_{k}": round(float(np.mean([r[k] for r in scored])), 6) for k in ("iou", "niou", "pd", "fa")},
+                           **{f"mean_{k}": round(float(np.mean([r[k] for r in scored])), 6)
+                              for k in ("iou", "niou", "pd", "fa", "false_alarm_px")},
+                           **({"flip_agreement": {f"mean_{k}": round(float(np.mean([r["flip_agreement"][k] for r in scored])), 6)
+                                                  for k in ("iou", "niou", "pd", "fa", "false_alarm_px")}}
+                              if all("flip_agreement" in r for r in scored) else {}),
                            "min_pd_by_network": {n: min(r["pd"] for r in scored if r["network"] == n)
                                                  for n in sorted({r["network"] for r in scored})}}
                 print(json.dumps(summary), flush=True)

@@ -1,0 +1,103 @@
+"""Flip agreement: a detection stands only if every flipped pass sees it too.
+
+The detector (network and, if the weights carry one, the outline refiner) runs on the image
+and on its three flips (left-right, up-down, both; :data:`FLIP_AXES`), each answer flipped
+back. The mask is the plain pass's (probability above the threshold); an 8-connected
+component of it is kept only if every flipped answer also exceeds the threshold somewhere
+inside that component. Outlines therefore come from the plain pass alone, and a target that
+every pass finds keeps its full mask; what goes are the confident but unstable blobs the
+network draws on clutter in one orientation and not in another. Four times the network's
+compute. Chosen on SIRST val (docs/benchmarks.md, "Flip agreement").
+
+:func:`keep_agreed` is the pure part (numpy); :func:`predict_agreed` runs the passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from mim_model.errors import InputShapeError
+
+__all__ = ["FLIP_AXES", "keep_agreed", "predict_agreed"]
+
+#: numpy axes of an (H, W) image flipped for the three extra passes: left-right, up-down, both.
+FLIP_AXES: tuple[tuple[int, ...], ...] = ((1,), (0,), (0, 1))
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def keep_agreed(
+    prob: npt.NDArray[np.floating], flipped_probs: Sequence[npt.NDArray[np.floating]], threshold: float
+) -> npt.NDArray[np.bool_]:
+    """The mask ``prob > threshold`` less its components that some other answer misses.
+
+    Parameters
+    ----------
+    prob : ndarray (H, W)
+        Probabilities of the plain pass.
+    flipped_probs : sequence of ndarray (H, W)
+        Probabilities of the other passes, already flipped back onto the image's grid.
+    threshold : float
+        One threshold for all passes (the weights').
+
+    Returns
+    -------
+    ndarray of bool (H, W)
+        The components of ``prob > threshold`` inside which every ``flipped_probs`` map also
+        exceeds ``threshold`` at one pixel at least.
+
+    Raises
+    ------
+    InputShapeError
+        If a map is not 2-D or the shapes differ.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim != 2:
+        raise InputShapeError(f"prob: expected a 2-D (H, W) map, got shape {prob.shape}")
+    mask = prob > threshold
+    labels, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if n == 0:
+        return mask
+    seen_by_all = np.ones(n + 1, dtype=bool)
+    for k, other in enumerate(flipped_probs):
+        other = np.asarray(other)
+        if other.shape != prob.shape:
+            raise InputShapeError(f"flipped_probs[{k}]: expected shape {prob.shape}, got {other.shape}")
+        hits = np.bincount(labels[other > threshold], minlength=n + 1)
+        seen_by_all &= hits > 0
+    seen_by_all[0] = False
+    return seen_by_all[labels]
+
+
+def predict_agreed(
+    probabilities: Callable[[list[npt.NDArray[np.float32]]], list[npt.NDArray[np.float32]]],
+    images: Sequence[npt.NDArray[np.float32]],
+    threshold: float,
+) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.bool_]]]:
+    """Plain probabilities and flip-agreed masks of ``images``.
+
+    Parameters
+    ----------
+    probabilities : callable
+        Maps a list of (H, W) images to their probability maps (e.g.
+        :func:`mim_model.training.inference.predict_probs` with the model, refiner and
+        device bound); called four times, once plain and once per :data:`FLIP_AXES`.
+    images : sequence of ndarray float32 (H, W)
+    threshold : float
+
+    Returns
+    -------
+    probs, masks : list of ndarray
+        The plain pass's probabilities and the masks :func:`keep_agreed` leaves.
+    """
+    plain = probabilities(list(images))
+    flipped: list[list[npt.NDArray[np.float32]]] = []
+    for axes in FLIP_AXES:
+        answers = probabilities([np.ascontiguousarray(np.flip(img, axes)) for img in images])
+        flipped.append([np.flip(p, axes) for p in answers])
+    masks = [keep_agreed(p, [f[i] for f in flipped], threshold) for i, p in enumerate(plain)]
+    return plain, masks
