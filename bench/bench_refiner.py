@@ -53,6 +53,8 @@ RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
     # the second round (docs/benchmarks.md, "Refiner recipes, second round"): against steps4x
     "steps16x": (RefinerConfig(), RefinerTrainConfig(steps=24000)),
     "steps4x_batch4x": (RefinerConfig(), RefinerTrainConfig(steps=6000, batch_size=128)),
+    # the fourth round (docs/benchmarks.md, "Refiner recipes, fourth round"): against steps4x
+    "steps4x_jitter": (RefinerConfig(), RefinerTrainConfig(steps=6000, logit_slope_jitter=0.4, logit_shift_jitter=1.5)),
 }
 
 

@@ -8,7 +8,9 @@ it on the split the network itself trained on.
 Each step draws ``batch_size`` crops of ``crop_px`` squared: with probability
 ``near_target_share`` centred within ``near_radius_px`` of a random pixel that is a target
 or that the network gives more than ``near_prob`` (outlines and false alarms are where the
-corrections are), else anywhere; each crop is turned by a random multiple of 90 degrees and
+corrections are), else anywhere; optionally the crop's input logit is redrawn with a random
+slope and shift (``logit_slope_jitter``, ``logit_shift_jitter``: off in the packaged recipe);
+each crop is turned by a random multiple of 90 degrees and
 flipped left-right with probability one half. The loss is the batch-level SoftIoU of the
 refined logits; AdamW with a one-cycle schedule (``warmup_share`` of the steps rising to
 ``lr``, then cosine annealing). The defaults are the recipe chosen on val (docs/benchmarks.md,
@@ -32,7 +34,7 @@ import numpy.typing as npt
 import torch
 
 from mim_model.errors import MiMError
-from mim_model.refiner import OutlineRefiner, RefinerConfig, refiner_features
+from mim_model.refiner import LOGIT_FEATURE_SCALE, PROB_EPS, OutlineRefiner, RefinerConfig, refiner_features
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
 from mim_model.training.inference import predict_probs, weights_input_scale
 from mim_model.training.loss import soft_iou_loss
@@ -59,6 +61,11 @@ class RefinerTrainConfig:
     near_target_share: float = 0.7
     near_radius_px: int = 24
     near_prob: float = 0.2
+    #: Each crop's input logit is redrawn as ``a * logit + b`` with ``a`` uniform in
+    #: [1 - logit_slope_jitter, 1 + logit_slope_jitter] and ``b`` uniform in
+    #: [-logit_shift_jitter, logit_shift_jitter] (0 and 0: the network's own, as packaged).
+    logit_slope_jitter: float = 0.0
+    logit_shift_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,7 +73,8 @@ class RefinerTrainConfig:
             "steps": self.steps >= 1, "batch_size": self.batch_size >= 1, "crop_px": self.crop_px >= 8,
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "warmup_share": 0 < self.warmup_share < 1,
             "near_target_share": 0 <= self.near_target_share <= 1, "near_radius_px": self.near_radius_px >= 0,
-            "near_prob": 0 < self.near_prob < 1,
+            "near_prob": 0 < self.near_prob < 1, "logit_slope_jitter": 0 <= self.logit_slope_jitter < 1,
+            "logit_shift_jitter": self.logit_shift_jitter >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -92,6 +100,18 @@ def crop_centres(features: npt.NDArray[np.float32], mask: npt.NDArray[np.float32
     return np.nonzero((mask > 0) | (features[2] > cfg.near_prob))
 
 
+def _jittered_logit(features: npt.NDArray[np.float32], slope: float, shift: float) -> npt.NDArray[np.float32]:
+    """Features with the network's logit replaced by ``slope * logit + shift`` (probability
+    and scaled logit channels both, clipped as :func:`mim_model.refiner.refiner_features` clips)."""
+    logit = features[3] * LOGIT_FEATURE_SCALE * slope + shift
+    bound = float(np.log((1.0 - PROB_EPS) / PROB_EPS))
+    logit = np.clip(logit, -bound, bound)
+    out = features.copy()
+    out[2] = 1.0 / (1.0 + np.exp(-logit))
+    out[3] = logit / LOGIT_FEATURE_SCALE
+    return out
+
+
 def refiner_crop(
     features: npt.NDArray[np.float32], mask: npt.NDArray[np.float32], cfg: RefinerTrainConfig, rng: np.random.Generator,
     centres: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None = None,
@@ -111,6 +131,9 @@ def refiner_crop(
     y0 = int(np.clip(cy - crop // 2, 0, height - crop))
     x0 = int(np.clip(cx - crop // 2, 0, width - crop))
     f, m = features[:, y0 : y0 + crop, x0 : x0 + crop], mask[y0 : y0 + crop, x0 : x0 + crop]
+    if cfg.logit_slope_jitter or cfg.logit_shift_jitter:
+        f = _jittered_logit(f, 1.0 + rng.uniform(-cfg.logit_slope_jitter, cfg.logit_slope_jitter),
+                            rng.uniform(-cfg.logit_shift_jitter, cfg.logit_shift_jitter))
     turns = int(rng.integers(4))
     f, m = np.rot90(f, turns, axes=(1, 2)), np.rot90(m, turns)
     if rng.random() < 0.5:

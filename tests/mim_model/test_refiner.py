@@ -85,6 +85,43 @@ def test_crops_hold_targets_and_keep_features_with_their_mask() -> None:
     assert small_f.shape == (4, 32, 32) and small_m.shape == (32, 32)
 
 
+def test_logit_jitter_redraws_probability_and_logit_together() -> None:
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.uniform(0, 1, (1, 1, 40, 40)).astype(np.float32))
+    prob = torch.from_numpy(rng.uniform(0.01, 0.99, (1, 1, 40, 40)).astype(np.float32))
+    features = refiner_features(image, prob, 15)[0].numpy()
+    mask = np.zeros((40, 40), np.float32)
+    plain = RefinerTrainConfig(crop_px=40)
+    jitter = RefinerTrainConfig(crop_px=40, logit_slope_jitter=0.4, logit_shift_jitter=1.5)
+    f_plain, _ = refiner_crop(features, mask, plain, np.random.default_rng(5))
+    slopes, shifts = [], []
+    for seed in range(20):
+        f, _ = refiner_crop(features, mask, jitter, np.random.default_rng(seed))
+        whole = _turned_like(f, features)
+        np.testing.assert_allclose(f[:2], whole[:2], atol=1e-6)  # the image is left alone
+        logit_in, logit_out = whole[3] * 4, f[3] * 4
+        np.testing.assert_allclose(f[2], 1 / (1 + np.exp(-logit_out)), atol=1e-5)  # one logit, two channels
+        slope, shift = np.polyfit(logit_in.ravel(), logit_out.ravel(), 1)  # an affine redraw of the logit
+        assert 0.6 - 1e-4 <= slope <= 1.4 + 1e-4 and -1.5 - 1e-4 <= shift <= 1.5 + 1e-4
+        slopes.append(slope)
+        shifts.append(shift)
+    assert np.ptp(slopes) > 0.2 and np.ptp(shifts) > 1.0  # drawn anew for every crop
+    assert f_plain.shape == (4, 40, 40)
+    with pytest.raises(RefinerError, match="logit_slope_jitter"):
+        RefinerTrainConfig(logit_slope_jitter=1.0)
+
+
+def _turned_like(crop: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """``whole`` (a crop of the same size) turned and flipped as ``crop`` is (matched on the image channel)."""
+    for flip in (False, True):
+        for turns in range(4):
+            candidate = np.rot90(whole, turns, axes=(1, 2))
+            candidate = candidate[:, :, ::-1] if flip else candidate
+            if np.allclose(candidate[0], crop[0], atol=1e-6):
+                return np.ascontiguousarray(candidate)
+    raise AssertionError("the crop is no turn or flip of the image")
+
+
 def _blob_scene(rng: np.random.Generator, side_px: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image with Gaussian targets on noise; truth = pixels above half a target's peak; the
     'network' draws each target two pixels too wide and blurred (the error to be undone)."""
