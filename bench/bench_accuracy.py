@@ -76,8 +76,7 @@ def _split(name: str) -> SirstSplit:
 
 
 def _probs(model: torch.nn.Module, split: SirstSplit, scale: float, refiner=None) -> list[np.ndarray]:  # noqa: ANN001
-    images = [img.astype(np.float32) / 255.0 for img in split.images]
-    return predict_probs(model, images, device="cpu", amp=False, batch_size=4, scale=scale, refiner=refiner)
+    return predict_probs(model, split.images01(), device="cpu", amp=False, batch_size=4, scale=scale, refiner=refiner)
 
 
 def _compact(metrics: dict) -> dict:

@@ -63,7 +63,7 @@ def _probs(weights: str, split: SirstSplit, device: str, flip_axes: tuple[int, .
     """Images in [0, 1] and the network's probabilities (of the images flipped on
     ``flip_axes``, flipped back) and the weights' threshold."""
     model = load_model(weights, device=device)
-    images = [im.astype(np.float32) / 255.0 for im in split.images]
+    images = split.images01()
     flipped = [np.ascontiguousarray(np.flip(im, flip_axes)) for im in images]
     probs = predict_probs(model, flipped, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
     return images, [np.ascontiguousarray(np.flip(p, flip_axes)) for p in probs], weights_threshold(model)

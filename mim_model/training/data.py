@@ -37,6 +37,7 @@ import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from mim_model.errors import MiMError
+from mim_model.training.preprocess import grey_uint8_to_01
 
 if TYPE_CHECKING:
     from mim_model.training.synthetic import SyntheticSource
@@ -223,6 +224,10 @@ class SirstSplit:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def images01(self) -> list[npt.NDArray[np.float32]]:
+        """The images as the network takes them: float32 in [0, 1] (8-bit value / 255)."""
+        return [grey_uint8_to_01(image) for image in self.images]
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -80,7 +80,7 @@ def evaluate(
     scale = weights_input_scale(model)
     refiner = load_refiner(weights, device=dev) if refine else None
     probs = predict_probs(
-        model, [im.astype(np.float32) / 255.0 for im in data.images], device=dev, amp=amp, batch_size=batch_size, scale=scale,
+        model, data.images01(), device=dev, amp=amp, batch_size=batch_size, scale=scale,
         flip_tta=flip_tta, refiner=refiner,
     )
     metrics = IRSTDMetrics()

@@ -255,7 +255,7 @@ def train_refiner(
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)
     model = load_model(source, device=dev)
-    images = [im.astype(np.float32) / 255.0 for im in data.images]
+    images = data.images01()
     t0 = time.monotonic()
     probs = predict_probs(model, images, device=dev, amp=False, batch_size=batch_size, scale=weights_input_scale(model))
     log.info("network probabilities of %d %s images in %.0f s", len(images), split, time.monotonic() - t0)

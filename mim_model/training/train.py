@@ -454,7 +454,7 @@ def evaluate_split(
 ) -> ThresholdSweep:
     """Run ``model`` on every image of ``split`` (resized by ``scale``, probabilities resized
     back to native size) and sweep the thresholds at native size."""
-    images01 = [img.astype(np.float32) / 255.0 for img in split.images]
+    images01 = split.images01()
     return _sweep(model, images01, split.masks, device=device, thresholds=thresholds, amp=amp,
                   batch_size=batch_size, scale=scale)
 

@@ -26,7 +26,7 @@ def test_packaged_weights_on_the_test_split_with_and_without_their_refiner() -> 
     model, refiner = load_model(), load_refiner()
     assert refiner is not None, "the packaged SIRST weights carry an outline refiner"
     split = SirstSplit.load(SIRST, "test", "idx_427")
-    images = [im.astype(np.float32) / 255.0 for im in split.images]
+    images = split.images01()
     network = predict_probs(model, images, device="cpu", amp=False, batch_size=8, scale=weights_input_scale(model))
     refined = [refine_probs(refiner, img, prob) for img, prob in zip(images, network, strict=True)]
     threshold = weights_threshold(model)
