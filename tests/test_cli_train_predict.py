@@ -83,6 +83,29 @@ def test_evaluate_prints_metrics_json(tmp_path: Path, weights: Path) -> None:
     assert json.loads(with_tta.stdout)["flip_tta"] is True
 
 
+@needs_sirst
+def test_flip_agreement_keeps_a_subset_of_the_plain_detections(tmp_path: Path, weights: Path) -> None:
+    data = write_data(tmp_path / "d", ["Misc_40", "Misc_371"])
+    common = ["--split", "test", "--weights", str(weights), "--device", "cpu", "--threshold", "0.45"]
+    plain = json.loads(CliRunner().invoke(cli, ["evaluate", str(data), *common]).stdout)
+    agreed_run = CliRunner().invoke(cli, ["evaluate", str(data), *common, "--flip-agreement"])
+    assert agreed_run.exit_code == 0, agreed_run.output
+    agreed = json.loads(agreed_run.stdout)
+    assert agreed["flip_agreement"] is True and plain["flip_agreement"] is False
+    assert agreed["false_alarm_px"] <= plain["false_alarm_px"] and agreed["n_matched"] <= plain["n_matched"]
+    images = [str(data / "images" / f"{i}.png") for i in ("Misc_40", "Misc_371")]
+    masks = {}
+    for name, extra in (("plain", []), ("agreed", ["--flip-agreement"])):
+        run = CliRunner().invoke(cli, ["predict", *images, "--out", str(tmp_path / name), "--weights", str(weights),
+                                       "--device", "cpu", "--threshold", "0.45", *extra])
+        assert run.exit_code == 0, run.output
+        masks[name] = [np.asarray(Image.open(tmp_path / name / f"{i}.png")) for i in ("Misc_40", "Misc_371")]
+    for plain_mask, agreed_mask in zip(masks["plain"], masks["agreed"], strict=True):
+        assert not (agreed_mask & ~plain_mask).any()  # agreement only removes
+    both = CliRunner().invoke(cli, ["evaluate", str(data), *common, "--flip-agreement", "--tta-flips"])
+    one_line_error(both, "flip_agreement", "flip_tta")
+
+
 def test_evaluate_empty_split_file(tmp_path: Path, weights: Path) -> None:
     (tmp_path / "idx_427").mkdir()
     (tmp_path / "idx_427" / "test.txt").write_text("")

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
+from mim_model.training.flip_agreement import check_flip_options, predict_masks
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
 from mim_model.training.metrics import IRSTDMetrics
 
@@ -30,6 +29,7 @@ def evaluate(
     amp: bool = True,
     flip_tta: bool = False,
     refine: bool = True,
+    flip_agreement: bool = False,
 ) -> dict[str, Any]:
     """Run a model on every image of a split at native resolution and score it.
 
@@ -55,6 +55,9 @@ def evaluate(
         Average over the image and its flips (four forward passes per image).
     refine : bool
         Apply the outline refiner the weights file carries, if any (:mod:`mim_model.refiner`).
+    flip_agreement : bool
+        Keep only detections that the image's three flips also find
+        (:mod:`mim_model.training.flip_agreement`; four passes per image). Not with ``flip_tta``.
 
     Returns
     -------
@@ -68,10 +71,13 @@ def evaluate(
         Missing or empty split file, unreadable image, mask of another size.
     WeightsError
         Weights missing, unreadable or not matching the network.
+    FlipAgreementError
+        ``flip_agreement`` together with ``flip_tta``.
     """
     from mim_model.training.train import resolve_device
     from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, load_refiner
 
+    check_flip_options(flip_tta=flip_tta, flip_agreement=flip_agreement)
     t0 = time.monotonic()
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)
@@ -79,18 +85,20 @@ def evaluate(
     t = weights_threshold(model) if threshold is None else float(threshold)
     scale = weights_input_scale(model)
     refiner = load_refiner(weights, device=dev) if refine else None
-    probs = predict_probs(
-        model, data.images01(), device=dev, amp=amp, batch_size=batch_size, scale=scale,
-        flip_tta=flip_tta, refiner=refiner,
+    _, masks = predict_masks(
+        lambda images: predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, scale=scale,
+                                     flip_tta=flip_tta, refiner=refiner),
+        data.images01(), t, flip_agreement=flip_agreement,
     )
     metrics = IRSTDMetrics()
-    for prob, mask in zip(probs, data.masks, strict=True):
-        metrics.update(prob > t, mask)
+    for predicted, mask in zip(masks, data.masks, strict=True):
+        metrics.update(predicted, mask)
     result: dict[str, Any] = metrics.result()
     result.update(
         threshold=t,
         input_scale=scale,
         flip_tta=flip_tta,
+        flip_agreement=flip_agreement,
         refiner=refiner is not None,
         split=split,
         weights=str(Path(weights) if weights is not None else DEFAULT_WEIGHTS_PATH),

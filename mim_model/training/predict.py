@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mim_model.training.data import DatasetError, load_grey01
+from mim_model.training.flip_agreement import check_flip_options, predict_masks
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
 
 __all__ = ["predict"]
@@ -66,6 +67,7 @@ def predict(
     amp: bool = True,
     flip_tta: bool = False,
     refine: bool = True,
+    flip_agreement: bool = False,
 ) -> list[dict[str, Any]]:
     """Write a 0/255 mask (and optionally probabilities) for each image.
 
@@ -93,6 +95,10 @@ def predict(
         Average over the image and its flips (four forward passes per image).
     refine : bool
         Apply the outline refiner the weights file carries, if any (:mod:`mim_model.refiner`).
+    flip_agreement : bool
+        Keep only detections that the image's three flips also find
+        (:mod:`mim_model.training.flip_agreement`; four passes per image). Not with ``flip_tta``.
+        The probabilities written with ``prob`` are the plain pass's.
 
     Returns
     -------
@@ -106,10 +112,13 @@ def predict(
         No inputs, a missing or unreadable image, two inputs with the same stem.
     WeightsError
         Weights missing, unreadable or not matching the network.
+    FlipAgreementError
+        ``flip_agreement`` together with ``flip_tta``.
     """
     from mim_model.training.train import resolve_device
     from mim_model.weights import load_model, load_refiner
 
+    check_flip_options(flip_tta=flip_tta, flip_agreement=flip_agreement)
     inputs = [Path(p) for p in paths]
     _check_inputs(inputs)
     out = Path(out_dir)
@@ -124,10 +133,13 @@ def predict(
     for start in range(0, len(inputs), chunk):
         group = inputs[start : start + chunk]
         images = [load_grey01(p) for p in group]
-        probs = predict_probs(model, images, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px, scale=scale,
-                              flip_tta=flip_tta, refiner=refiner)
-        for path, p in zip(group, probs, strict=True):
-            mask = np.where(p > t, 255, 0).astype(np.uint8)
+        probs, masks = predict_masks(
+            lambda batch: predict_probs(model, batch, device=dev, amp=amp, batch_size=batch_size, max_side_px=max_side_px,
+                                        scale=scale, flip_tta=flip_tta, refiner=refiner),
+            images, t, flip_agreement=flip_agreement,
+        )
+        for path, p, detected in zip(group, probs, masks, strict=True):
+            mask = np.where(detected, 255, 0).astype(np.uint8)
             mask_path = out / f"{path.stem}.png"
             Image.fromarray(mask).save(mask_path)
             prob_path = None

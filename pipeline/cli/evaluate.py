@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import tta_flips_option
+from pipeline.cli.options import flip_agreement_option, tta_flips_option
 
 
 @click.command("evaluate")
@@ -19,12 +19,15 @@ from pipeline.cli.options import tta_flips_option
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
 @tta_flips_option
 @click.option("--no-refiner", is_flag=True, help="Leave out the outline refiner the weights carry (the network alone).")
+@flip_agreement_option
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per forward pass.")
 def command(data_dir: Path, split: str, split_dir: str, weights: Path | None, device: str,
-            threshold: float | None, tta_flips: bool, no_refiner: bool, batch_size: int) -> None:
+            threshold: float | None, tta_flips: bool, no_refiner: bool, flip_agreement: bool,
+            batch_size: int) -> None:
     """Score weights on DATA_DIR's split at native resolution; print the metrics as JSON."""
     from mim_model.training.evaluate import evaluate
 
     result = evaluate(data_dir, split, weights=weights, device=device, threshold=threshold,
-                      split_dir=split_dir, batch_size=batch_size, flip_tta=tta_flips, refine=not no_refiner)
+                      split_dir=split_dir, batch_size=batch_size, flip_tta=tta_flips, refine=not no_refiner,
+                      flip_agreement=flip_agreement)
     click.echo(json.dumps(result, indent=2))

@@ -37,12 +37,19 @@ from pipeline.infer import InferenceSpec
 from pipeline.normalize import NormalizationSpec
 from pipeline.tiling import DEFAULT_HALO_PX, DEFAULT_TILE_PX, TilingSpec
 
-__all__ = ["scan_options", "config_from_options", "SCAN_OPTION_NAMES", "tta_flips_option"]
+__all__ = ["scan_options", "config_from_options", "SCAN_OPTION_NAMES", "flip_agreement_option", "tta_flips_option"]
 
 #: ``--tta-flips``, shared by ``scan``/``plan``/``run``, ``evaluate`` and ``predict``.
 tta_flips_option = click.option(
     "--tta-flips", is_flag=True,
     help="Average the probabilities over the input and its three flips (4x the compute; fewer false alarms).",
+)
+
+#: ``--flip-agreement``, shared by ``evaluate`` and ``predict``.
+flip_agreement_option = click.option(
+    "--flip-agreement", is_flag=True,
+    help="Keep only detections that the image's three flips also find (4x the compute; far fewer false alarms, "
+         "may lose weak targets; not with --tta-flips).",
 )
 
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import tta_flips_option
+from pipeline.cli.options import flip_agreement_option, tta_flips_option
 
 
 @click.command("predict")
@@ -23,12 +23,15 @@ from pipeline.cli.options import tta_flips_option
 @click.option("--threshold", type=float, help="Probability threshold. [the one stored with the weights]")
 @tta_flips_option
 @click.option("--no-refiner", is_flag=True, help="Leave out the outline refiner the weights carry (the network alone).")
+@flip_agreement_option
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images per forward pass.")
 def command(images: tuple[Path, ...], out_dir: Path, prob: bool, weights: Path | None, device: str,
-            threshold: float | None, tta_flips: bool, no_refiner: bool, batch_size: int) -> None:
+            threshold: float | None, tta_flips: bool, no_refiner: bool, flip_agreement: bool,
+            batch_size: int) -> None:
     """Write target masks of IMAGE... (any size) into --out."""
     from mim_model.training.predict import predict
 
     for row in predict(list(images), out_dir, weights=weights, prob=prob, device=device,
-                       threshold=threshold, batch_size=batch_size, flip_tta=tta_flips, refine=not no_refiner):
+                       threshold=threshold, batch_size=batch_size, flip_tta=tta_flips, refine=not no_refiner,
+                       flip_agreement=flip_agreement):
         click.echo(json.dumps(row))
