@@ -11,6 +11,10 @@ train       ``TrainConfig``, ``train`` (checkpoints, resume, time budget), ``exp
 distributed data-parallel training over torchrun processes (one per GPU).
 evaluate    ``evaluate`` a weights file on a split.
 predict     ``predict`` masks for image files.
+refine      fit the outline refiner (:mod:`mim_model.refiner`) to a network's probabilities.
+flip_agreement  keep only detections every flipped pass also finds (``--flip-agreement``).
+synthetic   synthetic training crops: SIRST targets pasted on land and thermal backgrounds.
+clutter     the procedural land clutter behind those targets.
 
 The heavy modules (torch, the network) are imported by the submodules, not here.
 """
