@@ -13,8 +13,10 @@ recipe (means over networks and seeds). With ``--refit``, each recipe is also fi
 :func:`mim_model.weights.save_safetensors`). With ``--flip-agreement`` every scoring is
 repeated with :mod:`mim_model.training.flip_agreement` (the network's val probabilities of
 the three flipped images are computed once; each fit refines them in their own orientation),
-reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"). Nothing is scored
-on test.
+reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"). With ``--closing``
+each fit's refined masks are also scored closed once and twice
+(:func:`mim_model.training.mask_closing.close_mask`), under ``close1`` and ``close2``
+(docs/benchmarks.md, "Closing the mask"). Nothing is scored on test.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from mim_model.refiner import RefinerConfig, refine_probs  # noqa: E402
 from mim_model.training.data import SirstSplit  # noqa: E402
 from mim_model.training.flip_agreement import FLIP_AXES, keep_agreed  # noqa: E402
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold  # noqa: E402
+from mim_model.training.mask_closing import close_mask  # noqa: E402
 from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
 from mim_model.training.refine import RefinerTrainConfig, fit_refiner  # noqa: E402
 from mim_model.weights import load_model  # noqa: E402
@@ -109,6 +112,11 @@ def _fit_and_score(job: dict) -> dict:
     for prob, mask in zip(refined, cache["val_masks"], strict=True):
         metrics.update(prob > threshold, mask)
     result.update(_scores(metrics))
+    for iterations in job.get("closing", ()):
+        closed = IRSTDMetrics()
+        for prob, mask in zip(refined, cache["val_masks"], strict=True):
+            closed.update(close_mask(prob > threshold, iterations), mask)
+        result[f"close{iterations}"] = _scores(closed)
     if "val_flip_probs" in cache.files:
         flipped = [[np.flip(refine_probs(refiner, np.flip(img, axes), np.flip(prob, axes)), axes)
                     for img, prob in zip(cache["val_images"], probs, strict=True)]
@@ -132,6 +140,7 @@ def main() -> None:
     parser.add_argument("--smoke-steps", type=int, help="a smoke test: every fit this many steps")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="names of RECIPES to run [all]")
     parser.add_argument("--flip-agreement", action="store_true", help="also score every fit with flip agreement")
+    parser.add_argument("--closing", action="store_true", help="also score every fit's masks closed once and twice")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -167,7 +176,7 @@ def main() -> None:
                  val_probs=np.array(val_probs, dtype=object), val_masks=np.array(val.masks, dtype=object),
                  threshold=threshold, **extra)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
-                  "steps": args.smoke_steps} for r in recipes for s in seeds]
+                  "steps": args.smoke_steps, "closing": (1, 2) if args.closing else ()} for r in recipes for s in seeds]
     if args.refit:
         name, weights = args.refit.split("=", 1)
         split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
@@ -190,9 +199,9 @@ def main() -> None:
                 summary = {"recipe": recipe, "fits": len(scored),
                            **{f"mean_{k}": round(float(np.mean([r[k] for r in scored])), 6)
                               for k in ("iou", "niou", "pd", "fa", "false_alarm_px")},
-                           **({"flip_agreement": {f"mean_{k}": round(float(np.mean([r["flip_agreement"][k] for r in scored])), 6)
-                                                  for k in ("iou", "niou", "pd", "fa", "false_alarm_px")}}
-                              if all("flip_agreement" in r for r in scored) else {}),
+                           **{variant: {f"mean_{k}": round(float(np.mean([r[variant][k] for r in scored])), 6)
+                                        for k in ("iou", "niou", "pd", "fa", "false_alarm_px")}
+                              for variant in ("flip_agreement", "close1", "close2") if all(variant in r for r in scored)},
                            "min_pd_by_network": {n: min(r["pd"] for r in scored if r["network"] == n)
                                                  for n in sorted({r["network"] for r in scored})}}
                 print(json.dumps(summary), flush=True)
