@@ -15,7 +15,7 @@ repeated with :mod:`mim_model.training.flip_agreement` (the network's val probab
 the three flipped images are computed once; each fit refines them in their own orientation),
 reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"). With ``--closing``
 each fit's refined masks are also scored closed once and twice
-(:func:`mim_model.training.mask_closing.close_mask`), under ``close1`` and ``close2``
+(:func:`close_mask`; not adopted, so it lives here), under ``close1`` and ``close2``
 (docs/benchmarks.md, "Closing the mask"). Nothing is scored on test.
 """
 
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,7 +42,6 @@ from mim_model.refiner import RefinerConfig, refine_probs  # noqa: E402
 from mim_model.training.data import SirstSplit  # noqa: E402
 from mim_model.training.flip_agreement import FLIP_AXES, keep_agreed  # noqa: E402
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold  # noqa: E402
-from mim_model.training.mask_closing import close_mask  # noqa: E402
 from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
 from mim_model.training.refine import RefinerTrainConfig, fit_refiner  # noqa: E402
 from mim_model.weights import load_model  # noqa: E402
@@ -70,6 +70,14 @@ def _probs(weights: str, split: SirstSplit, device: str, flip_axes: tuple[int, .
     flipped = [np.ascontiguousarray(np.flip(im, flip_axes)) for im in images]
     probs = predict_probs(model, flipped, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
     return images, [np.ascontiguousarray(np.flip(p, flip_axes)) for p in probs], weights_threshold(model)
+
+
+def close_mask(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``mask`` plus the gaps an ``iterations``-fold 3 x 3 closing fills (padded, so the image
+    border does not erode it); no detected pixel is removed."""
+    pad = iterations + 1
+    closed = ndimage.binary_closing(np.pad(mask, pad), structure=np.ones((3, 3), bool), iterations=iterations)
+    return closed[pad:-pad, pad:-pad] | mask
 
 
 def _scores(metrics: IRSTDMetrics) -> dict:
