@@ -8,7 +8,7 @@ inside that component. Outlines therefore come from the plain pass alone, and a 
 every pass finds keeps its full mask; what goes are the confident but unstable blobs the
 network draws on clutter in one orientation and not in another. Four times the network's
 compute. Judged on SIRST val (docs/benchmarks.md, "Flip agreement"): IoU up and false alarms
-down by a third to four fifths in every fit, but one or two weak targets lost in most fits of
+down by 29-82 % in every fit, but one or two weak targets lost in most fits of
 some networks, so it is an option (``--flip-agreement`` of ``irscan evaluate`` and
 ``irscan predict``), off by default.
 
