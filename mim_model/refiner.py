@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OutlineRefiner", "RefinerConfig", "refine_probs", "refiner_features"]
+__all__ = ["OutlineRefiner", "RefinerConfig", "probability_features", "refine_probs", "refiner_features"]
 
 #: Probabilities are clipped to [eps, 1 - eps] before their logit is taken.
 PROB_EPS = 1e-4
@@ -78,6 +78,12 @@ def _clipped_logit(prob: torch.Tensor) -> torch.Tensor:
     return torch.log(p / (1.0 - p))
 
 
+def probability_features(prob: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) MiM probability -> its two feature channels: the probability and its
+    clipped logit / :data:`LOGIT_FEATURE_SCALE` (channels 2 and 3 of :func:`refiner_features`)."""
+    return torch.cat([prob, _clipped_logit(prob) / LOGIT_FEATURE_SCALE], dim=1)
+
+
 def refiner_features(
     image01: torch.Tensor, prob: torch.Tensor, contrast_box_px: int,
     mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
@@ -96,8 +102,7 @@ def refiner_features(
     half = contrast_box_px // 2
     box_mean = F.avg_pool2d(F.pad(image01, (half, half, half, half), mode="replicate"), contrast_box_px, stride=1)
     return torch.cat(
-        [(image01 - mean) / scale, (image01 - box_mean) / scale, prob, _clipped_logit(prob) / LOGIT_FEATURE_SCALE],
-        dim=1,
+        [(image01 - mean) / scale, (image01 - box_mean) / scale, probability_features(prob)], dim=1,
     )
 
 

@@ -31,6 +31,7 @@ __all__ = ["FLIP_AXES", "FlipAgreementError", "check_flip_options", "keep_agreed
 class FlipAgreementError(MiMError, ValueError):
     """Flip agreement was asked for together with something it cannot be combined with."""
 
+
 #: numpy axes of an (H, W) image flipped for the three extra passes: left-right, up-down, both.
 FLIP_AXES: tuple[tuple[int, ...], ...] = ((1,), (0,), (0, 1))
 

@@ -34,7 +34,13 @@ import numpy.typing as npt
 import torch
 
 from mim_model.errors import MiMError
-from mim_model.refiner import LOGIT_FEATURE_SCALE, PROB_EPS, OutlineRefiner, RefinerConfig, refiner_features
+from mim_model.refiner import (
+    LOGIT_FEATURE_SCALE,
+    OutlineRefiner,
+    RefinerConfig,
+    probability_features,
+    refiner_features,
+)
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
 from mim_model.training.inference import predict_probs, weights_input_scale
 from mim_model.training.loss import soft_iou_loss
@@ -101,14 +107,11 @@ def crop_centres(features: npt.NDArray[np.float32], mask: npt.NDArray[np.float32
 
 
 def _jittered_logit(features: npt.NDArray[np.float32], slope: float, shift: float) -> npt.NDArray[np.float32]:
-    """Features with the network's logit replaced by ``slope * logit + shift`` (probability
-    and scaled logit channels both, clipped as :func:`mim_model.refiner.refiner_features` clips)."""
-    logit = features[3] * LOGIT_FEATURE_SCALE * slope + shift
-    bound = float(np.log((1.0 - PROB_EPS) / PROB_EPS))
-    logit = np.clip(logit, -bound, bound)
+    """Features with the network's logit replaced by ``slope * logit + shift`` (both channels
+    made from it as :func:`mim_model.refiner.refiner_features` makes them)."""
+    logit = torch.from_numpy(np.ascontiguousarray(features[3])) * LOGIT_FEATURE_SCALE * slope + shift
     out = features.copy()
-    out[2] = 1.0 / (1.0 + np.exp(-logit))
-    out[3] = logit / LOGIT_FEATURE_SCALE
+    out[2:4] = probability_features(torch.sigmoid(logit)[None, None])[0].numpy()
     return out
 
 
