@@ -47,6 +47,9 @@ from mim_model.training.data import SirstSplit  # noqa: E402
 from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
 from mim_model.training.refine import fit_refiner  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from bench_refiner import _scores as bench_refiner_scores  # noqa: E402
+
 SPLIT_DIR = "idx_427"
 LOGIT_CLIP = 12.0
 #: The recipe of both arms: the packaged one (RefinerTrainConfig's defaults, 6,000 steps).
@@ -81,9 +84,7 @@ def read_probs(logit_dir: Path, split: SirstSplit, split_name: str, name: str) -
 
 
 def _scores(metrics: IRSTDMetrics) -> dict:
-    scores = metrics.result()
-    return {**{k: round(float(scores[k]), 6) for k in ("iou", "niou", "pd", "fa")},
-            "false_alarm_px": int(scores["false_alarm_px"]), "n_matched": int(scores["n_matched"])}
+    return {**bench_refiner_scores(metrics), "n_matched": int(metrics.result()["n_matched"])}
 
 
 def _fit(images, probs, masks, seed: int, device: str, steps: int | None):
@@ -107,7 +108,8 @@ def _job(job: dict) -> dict:
     result = {k: job[k] for k in ("base", "arm", "seed")}
     if job["arm"] == "refit":
         split = SirstSplit.load(job["data_dir"], job["refit_split"], SPLIT_DIR)
-        images, probs, masks = split.images01(), read_probs(logit_dir, split, job["refit_split"], job["base"]), list(split.masks)
+        images, masks = split.images01(), list(split.masks)
+        probs = read_probs(logit_dir, split, job["refit_split"], job["base"])
         for name in job["pool"]:
             images += val_images
             probs += read_probs(logit_dir, val, "val", name)
@@ -119,7 +121,8 @@ def _job(job: dict) -> dict:
                   metadata={"refiner_config": refiner.config.to_json(),
                             "refiner_train": json.dumps({"recipe": cfg.to_json(), "base": job["base"],
                                                          "split": job["refit_split"], "unseen_pool": job["pool"]})})
-        result.update(fit_images=len(images), final_loss=loss, saved=job["save"], seconds=round(time.monotonic() - t0, 1))
+        result.update(fit_images=len(images), final_loss=loss, saved=job["save"],
+                      seconds=round(time.monotonic() - t0, 1))
         return result
     train_images, train_probs = train.images01(), read_probs(logit_dir, train, "train", job["base"])
     base_val = read_probs(logit_dir, val, "val", job["base"])
