@@ -17,7 +17,9 @@ default is ``softiou``.
     loss = 1 - (TP + 1) / (TP + alpha * FP + beta * FN + 1)
 
 at the paper's alpha 0.3, beta 0.7: a missed target pixel costs more than a false one, which
-trades false alarms for recall. SoftIoU is the case alpha = beta = 1.
+trades false alarms for recall. SoftIoU is the case alpha = beta = 1. ``tversky-fa`` turns
+it the other way at SoftIoU's total weight, alpha 1.4, beta 0.6: a false pixel costs 7/3 of a
+missed one (runs 41-42 in docs/benchmarks.md).
 
 ``softiou-image`` is SoftIoU per image (crop), averaged over the batch: every crop weighs
 the same whatever the size of its targets, as in nIoU (the batch-level form lets the
@@ -56,10 +58,13 @@ import torch.nn.functional as F
 
 __all__ = ["soft_iou_loss", "soft_tversky_loss", "per_image_soft_iou_loss", "sls_loss", "make_loss", "LOSSES"]
 
-LOSSES = ("softiou", "softiou+bce", "softiou-image", "sls", "tversky")
+LOSSES = ("softiou", "softiou+bce", "softiou-image", "sls", "tversky", "tversky-fa")
 
 TVERSKY_FP_WEIGHT = 0.3
 TVERSKY_FN_WEIGHT = 0.7
+#: ``tversky-fa``: false pixels charged 7/3 of missed ones, weights summing to SoftIoU's 2.
+TVERSKY_FA_FP_WEIGHT = 1.4
+TVERSKY_FA_FN_WEIGHT = 0.6
 
 
 SumReducer = Callable[[torch.Tensor], torch.Tensor]
@@ -212,4 +217,11 @@ def make_loss(
             return soft_tversky_loss(logits, target, reduce_sums=reduce_sums)
 
         return tversky
+    if name == "tversky-fa":
+
+        def tversky_fa(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return soft_tversky_loss(logits, target, TVERSKY_FA_FP_WEIGHT, TVERSKY_FA_FN_WEIGHT,
+                                     reduce_sums=reduce_sums)
+
+        return tversky_fa
     raise ValueError(f"loss: expected one of {LOSSES}, got {name!r}")

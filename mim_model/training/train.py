@@ -164,7 +164,7 @@ class TrainConfig:
         Final lr of the cosine as a fraction of ``lr``.
     loss : str
         One of :data:`mim_model.training.loss.LOSSES` (``"softiou"``, ``"softiou+bce"``,
-        ``"softiou-image"``, ``"sls"``, ``"tversky"``).
+        ``"softiou-image"``, ``"sls"``, ``"tversky"``, ``"tversky-fa"``).
     bce_weight : float
         Weight of BCE in ``"softiou+bce"``.
     grad_clip_norm : float

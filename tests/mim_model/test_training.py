@@ -169,6 +169,11 @@ def test_tversky_loss_values_and_its_weight_on_missed_pixels() -> None:
     iou_ratio = soft_iou_loss(saturated(missed), y) / soft_iou_loss(saturated(extra), y)
     tversky_ratio = tversky(saturated(missed), y) / tversky(saturated(extra), y)
     assert tversky_ratio.item() > 2 * iou_ratio.item()
+    # tversky-fa (smooth 1): 1 - 7 / (6 + 0.6 * 2 + 1) for the miss, 1 - 9 / (8 + 1.4 * 2 + 1) for the false pixels
+    tversky_fa = make_loss("tversky-fa")
+    assert tversky_fa(saturated(missed), y).item() == pytest.approx(1 - 7 / 8.2, rel=1e-5)
+    assert tversky_fa(saturated(extra), y).item() == pytest.approx(1 - 9 / 11.8, rel=1e-5)
+    assert (tversky_fa(saturated(extra), y) / tversky_fa(saturated(missed), y)).item() > 1.5
 
 
 def test_to_model_input_normalisation() -> None:
