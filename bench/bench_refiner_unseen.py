@@ -33,6 +33,7 @@ import logging
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from mim_model.refiner import refine_probs  # noqa: E402
 from mim_model.training.data import SirstSplit  # noqa: E402
 from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
-from mim_model.training.refine import fit_refiner  # noqa: E402
+from mim_model.training.refine import RefinerTrainConfig, fit_refiner  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from bench_refiner import _scores as bench_refiner_scores  # noqa: E402
@@ -88,10 +89,6 @@ def _scores(metrics: IRSTDMetrics) -> dict:
 
 
 def _fit(images, probs, masks, seed: int, device: str, steps: int | None):
-    from dataclasses import replace
-
-    from mim_model.training.refine import RefinerTrainConfig
-
     cfg = replace(RefinerTrainConfig(), seed=seed, **({"steps": steps} if steps else {}))
     refiner, records = fit_refiner(images, probs, masks, cfg, device=device, log_every=cfg.steps)
     return refiner, records[-1]["loss"], cfg
