@@ -6,8 +6,8 @@
 For each network (trained on ``train`` only) its probabilities on train and val are computed
 once (fp32, the weights' input scale, no flips); every recipe of :data:`RECIPES` is fitted
 to its train probabilities with each seed, and the refined val probabilities are scored at
-the weights' threshold (IoU, nIoU, Pd, Fa). One JSON line per fit, then one summary line per
-recipe (means over networks and seeds). With ``--refit``, each recipe is also fitted (seed
+the weights' threshold or ``--threshold`` (IoU, nIoU, Pd, Fa). One JSON line per fit, then
+one summary line per recipe (means over networks and seeds). With ``--refit``, each recipe is also fitted (seed
 0) to that network on ``--refit-split`` and its refiner alone is saved as
 ``DIR/<recipe>.safetensors`` (to be put beside the network with
 :func:`mim_model.weights.save_safetensors`). With ``--flip-agreement`` every scoring is
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help="names of RECIPES to run [all]")
     parser.add_argument("--flip-agreement", action="store_true", help="also score every fit with flip agreement")
     parser.add_argument("--closing", action="store_true", help="also score every fit's masks closed once and twice")
+    parser.add_argument("--threshold", type=float, help="score every network at this threshold [each file's own]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -164,6 +165,7 @@ def main() -> None:
         name, weights = spec.split("=", 1)
         t0 = time.monotonic()
         fit_images, fit_probs, threshold = _probs(weights, train, args.device)
+        threshold = threshold if args.threshold is None else args.threshold
         val_images, val_probs, _ = _probs(weights, val, args.device)
         base = IRSTDMetrics()
         for prob, mask in zip(val_probs, val.masks, strict=True):
