@@ -7,8 +7,8 @@ For each network (trained on ``train`` only) its probabilities on train and val 
 once (fp32, the weights' input scale, no flips); every recipe of :data:`RECIPES` is fitted
 to its train probabilities with each seed, and the refined val probabilities are scored at
 the weights' threshold or ``--threshold`` (IoU, nIoU, Pd, Fa). One JSON line per fit, then
-one summary line per recipe (means over networks and seeds). With ``--refit``, each recipe is also fitted (seed
-0) to that network on ``--refit-split`` and its refiner alone is saved as
+one summary line per recipe (means over networks and seeds). With ``--refit``, each recipe
+is also fitted (seed 0) to that network on ``--refit-split`` and its refiner alone is saved as
 ``DIR/<recipe>.safetensors`` (to be put beside the network with
 :func:`mim_model.weights.save_safetensors`). With ``--flip-agreement`` every scoring is
 repeated with :mod:`mim_model.training.flip_agreement` (the network's val probabilities of
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--closing", action="store_true", help="also score every fit's masks closed once and twice")
     parser.add_argument("--threshold", type=float, help="score every network at this threshold [each file's own]")
     args = parser.parse_args()
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        sys.exit(f"bench_refiner: --threshold: expected a probability in (0, 1), got {args.threshold}")
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
