@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +267,50 @@ def test_train_refiner_refuses_to_overwrite(tmp_path: Path, weights: Path) -> No
     steps = CliRunner().invoke(cli, ["train-refiner", str(tmp_path), "--weights", str(weights), "--out",
                                      str(tmp_path / "n.safetensors"), "--steps", "0"])
     one_line_error(steps, "steps", "0")
+
+
+@needs_sirst
+def test_find_hard_negatives_then_train_on_them(tmp_path: Path) -> None:
+    """The packaged weights on SIRST val image Misc_93 fire once where there is no target (14 px,
+    as `evaluate` counts); that place becomes the centre of the training crops."""
+    data = write_data(tmp_path / "d", ["Misc_93"], split="train")
+    write_data(data, ["Misc_371"], split="val")
+    found_path = tmp_path / "hn.json"
+    run = CliRunner().invoke(cli, ["find-hard-negatives", str(data), "--split", "train", "--device", "cpu",
+                                   "--out", str(found_path)])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.stdout)
+    assert (summary["n_points"], summary["n_images"], summary["threshold"], summary["refiner"]) == (1, 1, 0.5, True)
+    assert summary["clear_px"] == 2
+    content = json.loads(found_path.read_text())
+    [(row, col, area_px, peak)] = content["points"]["Misc_93"]
+    assert area_px == 14 and peak > 0.5
+    assert 0 <= row < 256 and 0 <= col < 256 and (row, col) != (0, 0)
+    again = CliRunner().invoke(cli, ["find-hard-negatives", str(data), "--split", "train", "--out", str(found_path)])
+    one_line_error(again, str(found_path), "--overwrite")
+    bad = CliRunner().invoke(cli, ["find-hard-negatives", str(data), "--threshold", "1", "--out", str(tmp_path / "x")])
+    one_line_error(bad, "threshold: expected a probability in (0, 1), got 1.0")
+
+    out, weights_out = tmp_path / "run", tmp_path / "w" / "mim.safetensors"
+    args = ["train", str(data), "--out", str(out), "--epochs", "1", "--eval-every", "1", "--crop-px", "64",
+            "--batch-size", "2", "--epoch-repeats", "2", "--num-workers", "0", "--device", "cpu",
+            "--export", str(weights_out)]
+    result = CliRunner().invoke(cli, [*args, "--hard-negatives", str(found_path), "--p-hard-negative", "0.5"])
+    assert result.exit_code == 0, result.output
+    config = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert config["hard_negatives"] == [str(found_path)] and config["p_hard_negative"] == 0.5
+    assert "Hard negatives: 50% of the crops that are not synthetic" in weights_out.with_suffix(".md").read_text()
+
+    fresh = ["--no-resume"]
+    logging.getLogger("mim_model.training").setLevel(logging.WARNING)  # the run above raised it to INFO
+    one_line_error(CliRunner().invoke(cli, ["-q", *args, *fresh, "--p-hard-negative", "0.5"]),
+                   "hard_negatives: expected at least one file when p_hard_negative > 0")
+    one_line_error(CliRunner().invoke(cli, ["-q", *args, *fresh, "--hard-negatives", str(found_path)]),
+                   "p_hard_negative: expected a share above 0")
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({**content, "points": {"Misc_1": [[1, 1, 1, 0.9]]}}))
+    one_line_error(CliRunner().invoke(cli, ["-q", *args, *fresh, "--hard-negatives", str(elsewhere), "--p-hard-negative", "1"]),
+                   "expected points in the training split's images, got none of its 1 images")
+    one_line_error(CliRunner().invoke(cli, ["-q", *args, *fresh, "--hard-negatives", str(tmp_path / "none.json"),
+                                            "--p-hard-negative", "1"]),
+                   "none.json: expected a file, got none there")

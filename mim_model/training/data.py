@@ -13,7 +13,9 @@ Training samples are square crops of ``crop_px`` (a multiple of 64) after a rand
 (the network's input scale times a factor log-uniform in ``scale_range``), brightness and contrast jitter, optional Gaussian blur
 and a random element of the dihedral group D4 (flips and 90-degree turns). With
 probability ``p_target_crop`` the crop is placed so that it contains a random target
-pixel; otherwise it is uniform. Where the (rescaled) image is smaller than the crop the
+pixel; otherwise it is uniform. Optionally a share of the crops that are not synthetic are
+centred on a *hard negative*, an object a network fired on where there is no target
+(:mod:`mim_model.training.hard_negatives`). Where the (rescaled) image is smaller than the crop the
 rest is zero (black), as ACM's loader does; evaluation pads with zeros too. With
 ``mosaic`` n > 1 a real crop is n x n such crops of ``crop_px / n`` side by side, each from an
 image drawn at random (the first from the sampled index): a crop as large as a scanned tile
@@ -40,6 +42,7 @@ from mim_model.errors import MiMError
 from mim_model.training.preprocess import grey_uint8_to_01
 
 if TYPE_CHECKING:
+    from mim_model.training.hard_negatives import HardNegativePool
     from mim_model.training.synthetic import SyntheticSource
 
 __all__ = [
@@ -319,6 +322,7 @@ def augment_sample(
     aug: Augment,
     rng: np.random.Generator,
     base_scale: float = 1.0,
+    focus_rc: tuple[float, float] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """One augmented training crop.
 
@@ -332,6 +336,9 @@ def augment_sample(
     rng : numpy Generator
     base_scale : float
         The network's input scale; the drawn factor multiplies it.
+    focus_rc : (float, float), optional
+        A point (row, col) of ``image``'s pixels that the crop holds (placed at random
+        within it, as a target pixel is); ``aug.p_target_crop`` is then not drawn.
 
     Returns
     -------
@@ -359,7 +366,10 @@ def augment_sample(
 
     hs, ws = img.shape
     target_rc: tuple[int, int] | None = None
-    if aug.p_target_crop > 0 and rng.random() < aug.p_target_crop:
+    if focus_rc is not None:  # the point's pixel on the rescaled grid
+        target_rc = (min(hs - 1, max(0, round((focus_rc[0] + 0.5) * hs / h - 0.5))),
+                     min(ws - 1, max(0, round((focus_rc[1] + 0.5) * ws / w - 0.5))))
+    elif aug.p_target_crop > 0 and rng.random() < aug.p_target_crop:
         rows, cols = np.nonzero(mask)
         if len(rows):
             k = int(rng.integers(len(rows)))
@@ -424,18 +434,29 @@ class TrainCrops(torch.utils.data.Dataset):
     Indexed by ``(index, seed)`` pairs from :class:`EpochSampler`, so every crop is a
     pure function of the image and the seed (reproducible with any number of workers).
     Items are ``(image01, mask01)``, float32 tensors of shape (1, crop_px, crop_px).
+
+    A crop is synthetic with ``synthetic.spec.p_synthetic``; otherwise, with
+    ``p_hard_negative`` and a ``hard_negatives`` pool, it is one crop (whatever
+    ``aug.mosaic``) of an image drawn from the pool, holding one of its hard negatives;
+    otherwise it is :func:`mosaic_sample` of the indexed image.
     """
 
     def __init__(
         self, split: SirstSplit, crop_px: int, aug: Augment, base_scale: float = 1.0,
-        synthetic: SyntheticSource | None = None,
+        synthetic: SyntheticSource | None = None, hard_negatives: HardNegativePool | None = None,
+        p_hard_negative: float = 0.0,
     ) -> None:
+        if not 0.0 <= p_hard_negative <= 1.0 or (p_hard_negative > 0 and hard_negatives is None):
+            raise ValueError(f"p_hard_negative: expected a probability in [0, 1], and a pool when above 0, "
+                             f"got {p_hard_negative} with pool {hard_negatives!r}")
         self.images = split.images
         self.masks = split.masks
         self.crop_px = crop_px
         self.aug = aug
         self.base_scale = base_scale
         self.synthetic = synthetic
+        self.hard_negatives = hard_negatives
+        self.p_hard_negative = p_hard_negative
 
     def __len__(self) -> int:
         return len(self.images)
@@ -445,6 +466,11 @@ class TrainCrops(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed)
         if self.synthetic is not None and rng.random() < self.synthetic.spec.p_synthetic:
             img, msk = self.synthetic.sample(self.crop_px, rng, self.base_scale * _draw_scale(self.aug, rng))
+            return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
+        if self.hard_negatives is not None and self.p_hard_negative > 0 and rng.random() < self.p_hard_negative:
+            index, focus = self.hard_negatives.draw(rng)
+            img, msk = augment_sample(self.images[index], self.masks[index], self.crop_px, self.aug, rng,
+                                      self.base_scale, focus_rc=focus)
             return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
         img, msk = mosaic_sample(self.images, self.masks, index, self.crop_px, self.aug, rng, self.base_scale)
         return torch.from_numpy(img)[None], torch.from_numpy(msk)[None]

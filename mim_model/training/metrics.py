@@ -42,6 +42,8 @@ __all__ = [
     "ThresholdSweep",
     "image_counts",
     "match_components",
+    "unmatched_components",
+    "Unmatched",
     "MATCH_DISTANCE_PX",
 ]
 
@@ -71,17 +73,84 @@ def _as_bool_2d(name: str, array: npt.ArrayLike) -> npt.NDArray[np.bool_]:
     return arr.astype(bool, copy=False)
 
 
-def _components(binary: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Centroids (n, 2) as (row, col) and areas (n,) of the 8-connected components, in label order."""
+def _components(
+    binary: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Labels (H, W), centroids (n, 2) as (row, col) and areas (n,) of the 8-connected
+    components, in label order (label k + 1 is component k)."""
     labels, n = ndimage.label(binary, structure=_EIGHT_CONNECTED)
     if n == 0:
-        return np.zeros((0, 2)), np.zeros((0,), dtype=np.int64)
+        return labels, np.zeros((0, 2)), np.zeros((0,), dtype=np.int64)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
     rows, cols = np.indices(binary.shape)
     flat = labels.ravel()
     sum_r = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:]
     sum_c = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:]
-    return np.stack([sum_r / areas, sum_c / areas], axis=1), areas
+    return labels, np.stack([sum_r / areas, sum_c / areas], axis=1), areas
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """The predicted components that match no target (the false alarms Fa counts).
+
+    Attributes
+    ----------
+    labels : ndarray int32 (H, W)
+        8-connected labels of the prediction (0: background; component k has label k + 1).
+    components : tuple of int
+        Indices k of the unmatched components, in label order.
+    centroids_rc : ndarray float64 (n, 2)
+        Centroids (row, col) of all predicted components.
+    areas_px : ndarray int64 (n,)
+        Areas of all predicted components.
+    n_targets, n_matched : int
+        Target components, and how many of them were matched.
+    """
+
+    labels: npt.NDArray[np.int32]
+    components: tuple[int, ...]
+    centroids_rc: npt.NDArray[np.float64]
+    areas_px: npt.NDArray[np.int64]
+    n_targets: int
+    n_matched: int
+
+
+def unmatched_components(
+    pred: npt.ArrayLike, target: npt.ArrayLike, *, distance_px: float = MATCH_DISTANCE_PX
+) -> Unmatched:
+    """Match predicted to target components (first match wins) and keep what is left.
+
+    Parameters
+    ----------
+    pred, target : array_like of bool, shape (H, W)
+        Binary prediction and ground truth.
+    distance_px : float
+        A match needs centroid distance strictly below this, in pixels.
+
+    Returns
+    -------
+    Unmatched
+
+    Raises
+    ------
+    InputShapeError
+        If the maps are not 2-D or differ in shape.
+    """
+    p = _as_bool_2d("pred", pred)
+    g = _as_bool_2d("target", target)
+    if p.shape != g.shape:
+        raise InputShapeError(f"pred and target: expected equal shapes, got {p.shape} and {g.shape}")
+    labels, pred_centroids, pred_areas = _components(p)
+    _, target_centroids, _ = _components(g)
+    unmatched = list(range(len(pred_areas)))
+    n_matched = 0
+    for tc in target_centroids:
+        for pos, k in enumerate(unmatched):
+            if math.dist(tc, pred_centroids[k]) < distance_px:
+                del unmatched[pos]
+                n_matched += 1
+                break
+    return Unmatched(labels, tuple(unmatched), pred_centroids, pred_areas, len(target_centroids), n_matched)
 
 
 def match_components(
@@ -107,22 +176,9 @@ def match_components(
     InputShapeError
         If the maps are not 2-D or differ in shape.
     """
-    p = _as_bool_2d("pred", pred)
-    g = _as_bool_2d("target", target)
-    if p.shape != g.shape:
-        raise InputShapeError(f"pred and target: expected equal shapes, got {p.shape} and {g.shape}")
-    pred_centroids, pred_areas = _components(p)
-    target_centroids, _ = _components(g)
-    unmatched = list(range(len(pred_areas)))
-    n_matched = 0
-    for tc in target_centroids:
-        for pos, k in enumerate(unmatched):
-            if math.dist(tc, pred_centroids[k]) < distance_px:
-                del unmatched[pos]
-                n_matched += 1
-                break
-    false_alarm_px = int(pred_areas[unmatched].sum()) if unmatched else 0
-    return len(target_centroids), n_matched, false_alarm_px
+    found = unmatched_components(pred, target, distance_px=distance_px)
+    false_alarm_px = int(found.areas_px[list(found.components)].sum()) if found.components else 0
+    return found.n_targets, found.n_matched, false_alarm_px
 
 
 def image_counts(pred: npt.ArrayLike, target: npt.ArrayLike) -> ImageCounts:

@@ -12,7 +12,9 @@ Recipe (ours; the paper's is not public, spec section 4)
   run at scale 1 and 0.699 / 0.727 / 0.959 at scale 2 (0.701 / 0.708 / 0.969 at 1.75).
 * Samples: square crops of ``crop_px`` (default 256) after a rescale by ``input_scale``
   times a log-uniform factor in 0.6..1.6, brightness/contrast jitter, light blur, D4
-  flips; 80 % of crops hold a target (:mod:`mim_model.training.data`).
+  flips; 80 % of crops hold a target (:mod:`mim_model.training.data`). Optionally a share of
+  them is centred on hard negatives, places where a network fired on no target
+  (``hard_negatives``, ``p_hard_negative``; :mod:`mim_model.training.hard_negatives`).
 * Loss: SoftIoU (ACM's, batch-level). SoftIoU + 0.5 BCE (``"softiou+bce"``) started
   learning much later in H100 trials (val IoU after 50 epochs at batch 32: 0.14 against
   0.44-0.46 at lr 2e-3; 0.36 against 0.51 at lr 4e-3).
@@ -89,6 +91,7 @@ from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
 from mim_model.training.metrics import ThresholdSweep
 from mim_model.training.preprocess import NORMALISATION, to_model_input
+from mim_model.training.hard_negatives import HardNegativePool, read_hard_negatives
 from mim_model.training.synthetic import SyntheticSource, SyntheticSpec, land_validation_crops
 
 __all__ = [
@@ -198,6 +201,13 @@ class TrainConfig:
         Satellite IR rasters for synthetic crops (targets of ``train_split`` pasted onto them).
     synthetic : SyntheticSpec
         Share and make-up of the synthetic crops (``p_synthetic`` 0: none).
+    hard_negatives : tuple of str
+        Hard-negatives files (:mod:`mim_model.training.hard_negatives`, written by
+        ``irscan find-hard-negatives``): places in the training split's images where a
+        network fired on no target.
+    p_hard_negative : float
+        Share of the crops that are not synthetic centred on one of ``hard_negatives``
+        (0: none; above 0 needs the files).
     land_val_crops : int
         Also score, at each evaluation, this many fixed crops of the val split's targets on
         procedural land clutter (:func:`land_validation_crops`) at the chosen threshold:
@@ -245,6 +255,8 @@ class TrainConfig:
     init_any_scale: bool = False
     synthetic_backgrounds: tuple[str, ...] = ()
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    hard_negatives: tuple[str, ...] = ()
+    p_hard_negative: float = 0.0
     land_val_crops: int = 0
     ema_decay: float = 0.0
     ema_warmup: bool = True
@@ -286,6 +298,12 @@ class TrainConfig:
             raise bad("threshold_without_val", "a probability in (0, 1)")
         if self.val_split is None and self.land_val_crops:
             raise bad("land_val_crops", "0 without a val split (its crops are made of val targets)")
+        if not 0.0 <= self.p_hard_negative <= 1.0:
+            raise bad("p_hard_negative", "a probability in [0, 1]")
+        if self.p_hard_negative > 0 and not self.hard_negatives:
+            raise bad("hard_negatives", "at least one file when p_hard_negative > 0")
+        if self.hard_negatives and self.p_hard_negative == 0:
+            raise bad("p_hard_negative", "a share above 0 when hard_negatives files are given")
         if self.synthetic.needs_rasters and not self.synthetic_backgrounds:
             raise bad("synthetic_backgrounds", "at least one raster when synthetic.p_synthetic > 0 and p_clutter < 1")
 
@@ -580,6 +598,13 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     synthetic = None
     if cfg.synthetic.p_synthetic > 0:
         synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
+    hard_negatives = None
+    if cfg.p_hard_negative > 0:
+        hard_negatives = HardNegativePool(read_hard_negatives(cfg.hard_negatives), train_split.ids,
+                                          [image.shape for image in train_split.images])
+        log.info("hard negatives: %d points in %d of %d %s images; %.0f%% of the crops that are not synthetic "
+                 "hold one", hard_negatives.n_points, hard_negatives.n_images, len(train_split), cfg.train_split,
+                 100 * cfg.p_hard_negative)
     val_split = SirstSplit.load(cfg.data_dir, cfg.val_split, cfg.split_dir) if cfg.val_split else None
     if val_split is None:
         log.info("no val split: a refit; best.pt will be the last of %d epochs, threshold %.2f",
@@ -599,7 +624,8 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats,
                            rank=workers.rank, world=workers.world, batch_size=cfg.batch_size)
     loader = torch.utils.data.DataLoader(
-        TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale, synthetic=synthetic),
+        TrainCrops(train_split, cfg.crop_px, cfg.augment, base_scale=cfg.input_scale, synthetic=synthetic,
+                   hard_negatives=hard_negatives, p_hard_negative=cfg.p_hard_negative),
         batch_size=cfg.batch_size // workers.world,
         sampler=sampler,
         drop_last=True,
@@ -888,6 +914,9 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         f"{cfg['schedule']} schedule, loss {cfg['loss']}, bf16 autocast: {cfg['amp']}).",
         "- Augmentation: " + ", ".join(f"{k}={v}" for k, v in cfg["augment"].items()),
         *([_synthetic_card_line(cfg)] if cfg.get("synthetic", {}).get("p_synthetic", 0) > 0 else []),
+        *([f"- Hard negatives: {cfg['p_hard_negative']:.0%} of the crops that are not synthetic hold a place where a "
+           f"network fired on no target ({', '.join(Path(p).name for p in cfg['hard_negatives'])})."]
+          if cfg.get("p_hard_negative", 0) > 0 else []),
         *([f"- Fine-tuned from `{Path(cfg['init_weights']).name}` (a fresh optimizer and schedule"
            + (", any input scale)." if cfg.get("init_any_scale") else ").")]
           if cfg.get("init_weights") else []),

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "train": "pipeline.cli.train",
     "train-refiner": "pipeline.cli.train_refiner",
     "evaluate": "pipeline.cli.evaluate",
+    "find-hard-negatives": "pipeline.cli.find_hard_negatives",
     "predict": "pipeline.cli.predict",
     "scan": "pipeline.cli.scan",
     "plan": "pipeline.cli.plan",

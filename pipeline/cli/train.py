@@ -89,6 +89,10 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--synthetic-busy-scr", "busy_scr_range", type=(float, float), default=None, metavar="LOW HIGH",
               help="Signal-to-clutter ratio (peak contrast / std of the surroundings) of a target on busy "
                    "ground, uniform in [LOW, HIGH]. [2 4]")
+@click.option("--hard-negatives", "hard_negatives", multiple=True, type=click.Path(dir_okay=False),
+              help="Hard-negatives file of `irscan find-hard-negatives` (repeat the option for several).")
+@click.option("--p-hard-negative", type=float,
+              help="Share of the crops that are not synthetic centred on a hard negative. [0]")
 @click.option("--scale-range", type=(float, float), default=None, metavar="LOW HIGH",
               help="Rescale augmentation: factor on --input-scale drawn log-uniform in [LOW, HIGH]. [0.6 1.6]")
 @click.option("--p-target-crop", type=float, help="Share of the crops placed to hold a target. [0.8]")
@@ -141,6 +145,7 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
         if augment:
             overrides["augment"] = _settings(Augment, "--scale-range/--p-target-crop/--mosaic", augment)
         overrides["synthetic_backgrounds"] = tuple(str(p) for p in overrides.get("synthetic_backgrounds", ()))
+        overrides["hard_negatives"] = tuple(str(p) for p in overrides.get("hard_negatives", ()))
         config = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **overrides)
         summary = train(config, resume=resume)
         from mim_model.training.distributed import from_env
