@@ -8,9 +8,10 @@ default 2): an object drawn beside a target (a target split in two, an outline t
 spills) is an outline error, and the crops placed on targets already hold it. Most of a
 trained network's false alarms are confident objects on structures that look like targets
 at this scale (a rocket's trail, a crane's hook), shared by networks of other starts and
-optimizers (docs/benchmarks.md, "Runs 46-49"); a uniform crop rarely lands on them. ``irscan find-hard-negatives`` records them for a split, and
-``irscan train --hard-negatives FILE --p-hard-negative P`` centres that share of the
-training crops that are not synthetic on one of them (:class:`HardNegativePool`, used by
+optimizers (docs/benchmarks.md, "Runs 46-49"); a uniform crop rarely lands on them.
+``irscan find-hard-negatives`` records them for a split, and ``irscan train
+--hard-negatives FILE --p-hard-negative P`` centres that share of the training crops that
+are not synthetic on one of them (:class:`HardNegativePool`, used by
 :class:`~mim_model.training.data.TrainCrops`).
 
 File format (JSON, UTF-8)::
@@ -109,6 +110,8 @@ def hard_negatives_of_image(
     ------
     InputShapeError
         If the maps are not 2-D or differ in shape.
+    HardNegativesError
+        A negative ``clear_px``.
     """
     if clear_px < 0:
         raise HardNegativesError(f"clear_px: expected an integer >= 0, got {clear_px}")
