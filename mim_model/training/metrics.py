@@ -156,25 +156,13 @@ def unmatched_components(
 def match_components(
     pred: npt.ArrayLike, target: npt.ArrayLike, *, distance_px: float = MATCH_DISTANCE_PX
 ) -> tuple[int, int, int]:
-    """Match predicted to target components (first match wins).
-
-    Parameters
-    ----------
-    pred, target : array_like of bool, shape (H, W)
-        Binary prediction and ground truth.
-    distance_px : float
-        A match needs centroid distance strictly below this, in pixels.
+    """The counts of :func:`unmatched_components` (same parameters and errors).
 
     Returns
     -------
     n_targets, n_matched, false_alarm_px : int
         Number of target components, how many were matched, and the pixel count of the
         predicted components left unmatched.
-
-    Raises
-    ------
-    InputShapeError
-        If the maps are not 2-D or differ in shape.
     """
     found = unmatched_components(pred, target, distance_px=distance_px)
     false_alarm_px = int(found.areas_px[list(found.components)].sum()) if found.components else 0
