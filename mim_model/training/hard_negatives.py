@@ -84,6 +84,11 @@ class HardNegative:
     peak_prob: float
 
 
+def _check_clear_px(clear_px: int) -> None:
+    if clear_px < 0:
+        raise HardNegativesError(f"clear_px: expected an integer >= 0, got {clear_px}")
+
+
 def hard_negatives_of_image(
     prob: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_], threshold: float, *, clear_px: int = 2
 ) -> list[HardNegative]:
@@ -113,8 +118,7 @@ def hard_negatives_of_image(
     HardNegativesError
         A negative ``clear_px``.
     """
-    if clear_px < 0:
-        raise HardNegativesError(f"clear_px: expected an integer >= 0, got {clear_px}")
+    _check_clear_px(clear_px)
     prob = np.asarray(prob)
     found = unmatched_components(prob > threshold, mask)
     if not found.components:
@@ -186,8 +190,7 @@ def find_hard_negatives(
 
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise HardNegativesError(f"threshold: expected a probability in (0, 1), got {threshold}")
-    if clear_px < 0:
-        raise HardNegativesError(f"clear_px: expected an integer >= 0, got {clear_px}")
+    _check_clear_px(clear_px)
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)
     model = load_model(weights, device=dev)

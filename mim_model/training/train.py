@@ -87,11 +87,11 @@ from torch import nn
 from mim_model.errors import MiMError, WeightsError
 from mim_model.training import distributed
 from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, read_split, split_summary
+from mim_model.training.hard_negatives import HardNegativePool, read_hard_negatives
 from mim_model.training.inference import autocast_for, predict_probs
 from mim_model.training.loss import LOSSES, make_loss
 from mim_model.training.metrics import ThresholdSweep
 from mim_model.training.preprocess import NORMALISATION, to_model_input
-from mim_model.training.hard_negatives import HardNegativePool, read_hard_negatives
 from mim_model.training.synthetic import SyntheticSource, SyntheticSpec, land_validation_crops
 
 __all__ = [
@@ -594,13 +594,14 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             f"and threshold), got {cfg.val_split!r}, which shares {len(shared)} images with "
             f"{cfg.train_split!r} (e.g. {shared[0]})"
         )
+    hard_negative_points = read_hard_negatives(cfg.hard_negatives) if cfg.p_hard_negative > 0 else {}
     train_split = SirstSplit.load(cfg.data_dir, cfg.train_split, cfg.split_dir)
     synthetic = None
     if cfg.synthetic.p_synthetic > 0:
         synthetic = SyntheticSource.build(list(cfg.synthetic_backgrounds), train_split, cfg.synthetic)
     hard_negatives = None
     if cfg.p_hard_negative > 0:
-        hard_negatives = HardNegativePool(read_hard_negatives(cfg.hard_negatives), train_split.ids,
+        hard_negatives = HardNegativePool(hard_negative_points, train_split.ids,
                                           [image.shape for image in train_split.images])
         log.info("hard negatives: %d points in %d of %d %s images; %.0f%% of the crops that are not synthetic "
                  "hold one", hard_negatives.n_points, hard_negatives.n_images, len(train_split), cfg.train_split,
