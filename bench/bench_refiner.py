@@ -16,7 +16,9 @@ the three flipped images are computed once; each fit refines them in their own o
 reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"). With ``--closing``
 each fit's refined masks are also scored closed once and twice
 (:func:`close_mask`; not adopted, so it lives here), under ``close1`` and ``close2``
-(docs/benchmarks.md, "Closing the mask"). Nothing is scored on test.
+(docs/benchmarks.md, "Closing the mask"). With ``--sweep`` each fit is also scored at the
+thresholds :data:`SWEEP_THRESHOLDS`, under ``sweep`` (docs/benchmarks.md, "The threshold of
+network + refiner"). Nothing is scored on test.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
     # the fourth round (docs/benchmarks.md, "Refiner recipes, fourth round"): against steps4x
     "steps4x_jitter": (RefinerConfig(), RefinerTrainConfig(steps=6000, logit_slope_jitter=0.4, logit_shift_jitter=1.5)),
 }
+
+
+#: ``--sweep``: the thresholds every fit is also scored at (0.30 to 0.80 by 0.05)
+SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(11))
 
 
 def _probs(weights: str, split: SirstSplit, device: str, flip_axes: tuple[int, ...] = ()
@@ -120,6 +126,11 @@ def _fit_and_score(job: dict) -> dict:
     for prob, mask in zip(refined, cache["val_masks"], strict=True):
         metrics.update(prob > threshold, mask)
     result.update(_scores(metrics))
+    for swept_threshold in job.get("sweep", ()):
+        swept = IRSTDMetrics()
+        for prob, mask in zip(refined, cache["val_masks"], strict=True):
+            swept.update(prob > swept_threshold, mask)
+        result.setdefault("sweep", {})[f"{swept_threshold:.2f}"] = _scores(swept)
     for iterations in job.get("closing", ()):
         closed = IRSTDMetrics()
         for prob, mask in zip(refined, cache["val_masks"], strict=True):
@@ -149,6 +160,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help="names of RECIPES to run [all]")
     parser.add_argument("--flip-agreement", action="store_true", help="also score every fit with flip agreement")
     parser.add_argument("--closing", action="store_true", help="also score every fit's masks closed once and twice")
+    parser.add_argument("--sweep", action="store_true", help="also score every fit at SWEEP_THRESHOLDS")
     parser.add_argument("--threshold", type=float, help="score every network at this threshold [each file's own]")
     args = parser.parse_args()
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
@@ -188,7 +200,8 @@ def main() -> None:
                  val_probs=np.array(val_probs, dtype=object), val_masks=np.array(val.masks, dtype=object),
                  threshold=threshold, **extra)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
-                  "steps": args.smoke_steps, "closing": (1, 2) if args.closing else ()} for r in recipes for s in seeds]
+                  "steps": args.smoke_steps, "closing": (1, 2) if args.closing else (),
+                  "sweep": SWEEP_THRESHOLDS if args.sweep else ()} for r in recipes for s in seeds]
     if args.refit:
         name, weights = args.refit.split("=", 1)
         split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
