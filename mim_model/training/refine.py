@@ -192,7 +192,9 @@ def fit_refiner(
         targets.append(np.asarray(mask, dtype=np.float32))
     centres = [crop_centres(f, t, cfg) for f, t in zip(features, targets, strict=True)]
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.steps, pct_start=cfg.warmup_share)
+    # OneCycleLR divides by (pct_start * steps - 1): a warm-up of exactly one step is nudged past it
+    warmup_share = cfg.warmup_share * (1 + 1e-6) if float(cfg.warmup_share * cfg.steps) == 1.0 else cfg.warmup_share
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.steps, pct_start=warmup_share)
     refiner.train()
     records: list[dict[str, float]] = []
     running, start = 0.0, time.monotonic()

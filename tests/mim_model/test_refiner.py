@@ -159,6 +159,16 @@ def test_fitting_redraws_outlines_drawn_too_wide() -> None:
     assert after > 0.8 and after > before + 0.4, (before, after)
 
 
+@pytest.mark.parametrize(("steps", "warmup_share"), [(20, 0.05), (10, 0.1), (2, 0.5), (1, 0.05), (7, 0.3)])
+def test_any_valid_schedule_fits_even_one_warm_up_step(steps: int, warmup_share: float) -> None:
+    # PyTorch's OneCycleLR divides by zero when pct_start * total_steps is exactly 1
+    # (`irscan train-refiner --steps 20` with the default 5 % warm-up)
+    image, prob, mask = _blob_scene(np.random.default_rng(1), side_px=40)
+    cfg = RefinerTrainConfig(steps=steps, batch_size=2, crop_px=16, warmup_share=warmup_share)
+    _, records = fit_refiner([image], [prob], [mask], cfg, config=RefinerConfig(width=8), log_every=steps)
+    assert records[-1]["step"] == steps and np.isfinite(records[-1]["loss"])
+
+
 def test_fit_refuses_mismatched_inputs() -> None:
     with pytest.raises(RefinerError, match="image 0"):
         fit_refiner([np.zeros((8, 8))], [np.zeros((8, 9))], [np.zeros((8, 8), bool)])
