@@ -75,16 +75,20 @@ class RefinerTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "steps": self.steps >= 1, "batch_size": self.batch_size >= 1, "crop_px": self.crop_px >= 8,
-            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "warmup_share": 0 < self.warmup_share < 1,
-            "near_target_share": 0 <= self.near_target_share <= 1, "near_radius_px": self.near_radius_px >= 0,
-            "near_prob": 0 < self.near_prob < 1, "logit_slope_jitter": 0 <= self.logit_slope_jitter < 1,
-            "logit_shift_jitter": self.logit_shift_jitter >= 0,
+        checks = {  # name: (valid, what is expected)
+            "steps": (self.steps >= 1, "an integer >= 1"), "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "crop_px": (self.crop_px >= 8, "at least 8 px"), "lr": (self.lr > 0, "a positive number"),
+            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
+            "warmup_share": (0 < self.warmup_share < 1, "a share in (0, 1)"),
+            "near_target_share": (0 <= self.near_target_share <= 1, "a share in [0, 1]"),
+            "near_radius_px": (self.near_radius_px >= 0, "an integer >= 0"),
+            "near_prob": (0 < self.near_prob < 1, "a probability in (0, 1)"),
+            "logit_slope_jitter": (0 <= self.logit_slope_jitter < 1, "a number in [0, 1)"),
+            "logit_shift_jitter": (self.logit_shift_jitter >= 0, "a number >= 0"),
         }
-        for name, ok in checks.items():
+        for name, (ok, expected) in checks.items():
             if not ok:
-                raise RefinerError(f"{name}: got {getattr(self, name)!r}, outside its valid range")
+                raise RefinerError(f"refiner training {name}: expected {expected}, got {getattr(self, name)!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -32,8 +32,10 @@ def test_config_checks_and_reach() -> None:
         RefinerConfig(contrast_box_px=14)
     with pytest.raises(ValueError, match="dilations"):
         RefinerConfig(dilations=())
-    with pytest.raises(RefinerError, match="crop_px"):
+    with pytest.raises(RefinerError, match=r"refiner training crop_px: expected at least 8 px, got 4$"):
         RefinerTrainConfig(crop_px=4)
+    with pytest.raises(RefinerError, match=r"steps: expected an integer >= 1, got 0$"):
+        RefinerTrainConfig(steps=0)
 
 
 def test_features_of_a_known_image() -> None:
