@@ -18,7 +18,9 @@ each fit's refined masks are also scored closed once and twice
 (:func:`close_mask`; not adopted, so it lives here), under ``close1`` and ``close2``
 (docs/benchmarks.md, "Closing the mask"). With ``--sweep`` each fit is also scored at the
 thresholds :data:`SWEEP_THRESHOLDS`, under ``sweep`` (docs/benchmarks.md, "The threshold of
-network + refiner"). Nothing is scored on test.
+network + refiner"). With ``--scales`` the network's answers (those the refiners are fitted to
+and those scored) are the mean of its probabilities at those input scales (docs/benchmarks.md,
+"Answers averaged over three input scales"). Nothing is scored on test.
 """
 
 from __future__ import annotations
@@ -67,14 +69,17 @@ RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
 SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(11))
 
 
-def _probs(weights: str, split: SirstSplit, device: str, flip_axes: tuple[int, ...] = ()
-           ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+def _probs(weights: str, split: SirstSplit, device: str, flip_axes: tuple[int, ...] = (),
+           scales: tuple[float, ...] = ()) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """Images in [0, 1] and the network's probabilities (of the images flipped on
-    ``flip_axes``, flipped back) and the weights' threshold."""
+    ``flip_axes``, flipped back; the mean over input ``scales``, else at the weights' own
+    scale) and the weights' threshold."""
     model = load_model(weights, device=device)
     images = split.images01()
     flipped = [np.ascontiguousarray(np.flip(im, flip_axes)) for im in images]
-    probs = predict_probs(model, flipped, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
+    runs = [predict_probs(model, flipped, device=device, amp=False, batch_size=8, scale=scale)
+            for scale in (scales or (weights_input_scale(model),))]
+    probs = [sum(parts) / len(parts) for parts in zip(*runs, strict=True)]
     return images, [np.ascontiguousarray(np.flip(p, flip_axes)) for p in probs], weights_threshold(model)
 
 
@@ -161,10 +166,16 @@ def main() -> None:
     parser.add_argument("--flip-agreement", action="store_true", help="also score every fit with flip agreement")
     parser.add_argument("--closing", action="store_true", help="also score every fit's masks closed once and twice")
     parser.add_argument("--sweep", action="store_true", help="also score every fit at SWEEP_THRESHOLDS")
+    parser.add_argument("--scales", default="", help="comma-separated input scales whose probabilities are "
+                        "averaged [the weights' own scale]")
     parser.add_argument("--threshold", type=float, help="score every network at this threshold [each file's own]")
     args = parser.parse_args()
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         sys.exit(f"bench_refiner: --threshold: expected a probability in (0, 1), got {args.threshold}")
+    try:
+        scales = tuple(float(x) for x in args.scales.split(",") if x)
+    except ValueError:
+        sys.exit(f"bench_refiner: --scales: expected comma-separated numbers, got {args.scales!r}")
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -178,16 +189,16 @@ def main() -> None:
     for spec in args.network:
         name, weights = spec.split("=", 1)
         t0 = time.monotonic()
-        fit_images, fit_probs, threshold = _probs(weights, train, args.device)
+        fit_images, fit_probs, threshold = _probs(weights, train, args.device, scales=scales)
         threshold = threshold if args.threshold is None else args.threshold
-        val_images, val_probs, _ = _probs(weights, val, args.device)
+        val_images, val_probs, _ = _probs(weights, val, args.device, scales=scales)
         base = IRSTDMetrics()
         for prob, mask in zip(val_probs, val.masks, strict=True):
             base.update(prob > threshold, mask)
-        line = {"network": name, "recipe": "none", **_scores(base)}
+        line = {"network": name, "recipe": "none", **({"scales": list(scales)} if scales else {}), **_scores(base)}
         extra = {}
         if args.flip_agreement:
-            flipped = [_probs(weights, val, args.device, axes)[1] for axes in FLIP_AXES]
+            flipped = [_probs(weights, val, args.device, axes, scales)[1] for axes in FLIP_AXES]
             line["flip_agreement"] = _agreed_scores(val_probs, flipped, val.masks, threshold)
             extra["val_flip_probs"] = np.empty((len(FLIP_AXES), len(val_probs)), dtype=object)
             for k, answers in enumerate(flipped):
@@ -205,7 +216,7 @@ def main() -> None:
     if args.refit:
         name, weights = args.refit.split("=", 1)
         split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
-        images, probs, threshold = _probs(weights, split, args.device)
+        images, probs, threshold = _probs(weights, split, args.device, scales=scales)
         cache = work / f"{name}_{args.refit_split}.npz"
         np.savez(cache, fit_images=np.array(images, dtype=object), fit_probs=np.array(probs, dtype=object),
                  fit_masks=np.array(split.masks, dtype=object), threshold=threshold)
