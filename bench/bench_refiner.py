@@ -46,7 +46,7 @@ from mim_model.refiner import RefinerConfig, refine_probs  # noqa: E402
 from mim_model.training.data import SirstSplit  # noqa: E402
 from mim_model.training.flip_agreement import FLIP_AXES, keep_agreed  # noqa: E402
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold  # noqa: E402
-from mim_model.training.metrics import IRSTDMetrics  # noqa: E402
+from mim_model.training.metrics import IRSTDMetrics, ThresholdSweep  # noqa: E402
 from mim_model.training.refine import RefinerTrainConfig, fit_refiner  # noqa: E402
 from mim_model.weights import load_model  # noqa: E402
 
@@ -131,11 +131,11 @@ def _fit_and_score(job: dict) -> dict:
     for prob, mask in zip(refined, cache["val_masks"], strict=True):
         metrics.update(prob > threshold, mask)
     result.update(_scores(metrics))
-    for swept_threshold in job.get("sweep", ()):
-        swept = IRSTDMetrics()
+    if job.get("sweep"):
+        sweep = ThresholdSweep(job["sweep"])
         for prob, mask in zip(refined, cache["val_masks"], strict=True):
-            swept.update(prob > swept_threshold, mask)
-        result.setdefault("sweep", {})[f"{swept_threshold:.2f}"] = _scores(swept)
+            sweep.update(prob, mask)
+        result["sweep"] = {f"{t:.2f}": _scores(scored) for t, scored in sweep.metrics.items()}
     for iterations in job.get("closing", ()):
         closed = IRSTDMetrics()
         for prob, mask in zip(refined, cache["val_masks"], strict=True):
