@@ -12,6 +12,7 @@ from mim_model.config import Layout
 from mim_model.ss2d import SS2D
 
 __all__ = [
+    "DropPath",
     "InvertedResidualFeedForward",
     "MiMBlock",
     "Stage",
@@ -69,6 +70,35 @@ class InvertedResidualFeedForward(nn.Module):
         return self.conv1x1_pw(a)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch (Huang et al. 2016): in training, the branch of
+    a share ``rate`` of the images is zeroed and the others' is scaled by ``1 / (1 - rate)``,
+    so its expectation is unchanged; in eval mode (or at rate 0) the branch passes as is.
+
+    Tokens of one image may span several rows of the branch (inner tokens are (B*N, 16, c),
+    image-major): ``images`` says how many images the first dimension holds, and all rows of
+    one image are kept or dropped together.
+    """
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"DropPath rate: expected a rate in [0, 1), got {rate!r}")
+        self.rate = rate
+
+    def forward(self, branch: torch.Tensor, images: int | None = None) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return branch
+        images = branch.shape[0] if images is None else images
+        keep = torch.rand(images, device=branch.device) >= self.rate
+        scale = keep.to(branch.dtype) / (1.0 - self.rate)
+        scale = scale.repeat_interleave(branch.shape[0] // images)
+        return branch * scale.view(-1, *([1] * (branch.dim() - 1)))
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
 class MiMBlock(nn.Module):
     """One pre-norm residual block: optional inner (word) part, then the outer part."""
 
@@ -81,10 +111,12 @@ class MiMBlock(nn.Module):
         d_state: int = 16,
         ssm_ratio: int = 2,
         ffn_ratio: int = 2,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.layout = layout
         self.has_inner = has_inner
+        self.drop_path = DropPath(drop_path_rate)
         if has_inner:
             flat = WORDS * inner_dim
             self.inner_norm1 = nn.LayerNorm(flat)
@@ -110,15 +142,15 @@ class MiMBlock(nn.Module):
             words = inner.shape[-1]
             normed = self.inner_norm1(inner.reshape(batch * n, -1)).reshape(batch * n, WORDS, words)
             scanned = self.inner_attn(tok.tokens_to_scan_image(normed, k, k, lay))
-            inner = inner + tok.scan_image_to_tokens(scanned)
+            inner = inner + self.drop_path(tok.scan_image_to_tokens(scanned), batch)
             normed = self.inner_norm2(inner.reshape(batch * n, -1)).reshape(batch * n, WORDS, words)
             ffn = self.inner_mlp(tok.inner_tokens_to_image(normed, batch, hs, ws, lay))
-            inner = inner + tok.inner_image_to_tokens(ffn, lay)
+            inner = inner + self.drop_path(tok.inner_image_to_tokens(ffn, lay), batch)
             outer = outer + self.proj_norm2(self.proj(self.proj_norm1(inner.reshape(batch, n, -1))))
         scanned = self.outer_attn(tok.tokens_to_scan_image(self.outer_norm1(outer), hs, ws, lay))
-        outer = outer + tok.scan_image_to_tokens(scanned)
+        outer = outer + self.drop_path(tok.scan_image_to_tokens(scanned))
         ffn = self.outer_mlp(tok.outer_tokens_to_image(self.outer_norm2(outer), hs, ws, lay))
-        outer = outer + tok.outer_image_to_tokens(ffn, lay)
+        outer = outer + self.drop_path(tok.outer_image_to_tokens(ffn, lay))
         return inner, outer
 
 
@@ -136,8 +168,12 @@ class Stage(nn.Module):
         d_state: int = 16,
         ssm_ratio: int = 2,
         ffn_ratio: int = 2,
+        drop_path_rates: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
+        rates = drop_path_rates or (0.0,) * depth
+        if len(rates) != depth:
+            raise ValueError(f"drop_path_rates: expected {depth} rates (one a block), got {len(rates)}")
         if relative_pos_shape is not None:
             # unused by the forward pass; present only so an official checkpoint loads strictly
             self.relative_pos = nn.Parameter(torch.zeros(relative_pos_shape), requires_grad=False)
@@ -150,6 +186,7 @@ class Stage(nn.Module):
                 d_state=d_state,
                 ssm_ratio=ssm_ratio,
                 ffn_ratio=ffn_ratio,
+                drop_path_rate=rates[i],
             )
             for i in range(depth)
         )

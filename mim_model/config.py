@@ -21,6 +21,12 @@ class MiMConfig:
     blocks: ``"official"`` reproduces the raw reshapes of the released code (needed to
     match its checkpoint), ``"spatial"`` keeps tokens in their true 2-D positions (what the
     paper describes). Both have the same parameters.
+
+    ``drop_path_rate`` is stochastic depth for training (Huang et al. 2016), as the official
+    encoder's ``drop_path_rate`` (0 in the released model): block ``i`` of the ``n`` of all
+    stages drops its residual branches for a share ``rate * i / (n - 1)`` of the images of a
+    training batch (0 for the first block, ``rate`` for the last).
+    It has no parameters and does nothing in eval mode, so weights files store 0.
     """
 
     in_chans: int = 3
@@ -32,11 +38,14 @@ class MiMConfig:
     ffn_ratio: int = 2
     layout: Layout = "official"
     keep_relative_pos: bool = False
+    drop_path_rate: float = 0.0
     relative_pos_shapes: tuple[tuple[int, ...], ...] = field(
         default=((1, 2, 4096, 256), (1, 4, 1024, 256), (1, 8, 256, 256), (1, 16, 64, 64))
     )
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate: expected a rate in [0, 1), got {self.drop_path_rate!r}")
         if self.layout not in ("official", "spatial"):
             raise ValueError(f"layout: expected 'official' or 'spatial', got {self.layout!r}")
         n = len(self.outer_dims)

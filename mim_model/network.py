@@ -46,6 +46,14 @@ def check_input_shape(shape: tuple[int, ...], in_chans: int = 3, multiple_px: in
         )
 
 
+def _drop_path_rates(rate: float, depths: tuple[int, ...]) -> list[tuple[float, ...]]:
+    """Stochastic-depth rates a stage, rising linearly over all blocks from 0 to ``rate``."""
+    total = sum(depths)
+    flat = [rate * i / max(total - 1, 1) for i in range(total)]
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [tuple(flat[s : s + d]) for s, d in zip(starts, depths)]
+
+
 class MiMEncoder(nn.Module):
     """Stem, 4 stages with word/sentence merges between them, one up-block per stage.
 
@@ -60,6 +68,7 @@ class MiMEncoder(nn.Module):
         self.word_merges = nn.ModuleList(WordMerge(inner[i], inner[i + 1]) for i in range(3))
         self.sentence_merges = nn.ModuleList(SentenceMerge(outer[i]) for i in range(3))
         rel = config.relative_pos_shapes if config.keep_relative_pos else (None,) * 4
+        rates = _drop_path_rates(config.drop_path_rate, config.depths)
         self.stages = nn.ModuleList(
             Stage(
                 config.depths[i],
@@ -70,6 +79,7 @@ class MiMEncoder(nn.Module):
                 d_state=config.d_state,
                 ssm_ratio=config.ssm_ratio,
                 ffn_ratio=config.ffn_ratio,
+                drop_path_rates=rates[i],
             )
             for i in range(4)
         )

@@ -90,7 +90,8 @@ def save_safetensors(
             value = value.detach().cpu()
             tensors[prefix + name] = value.to(dtype).contiguous() if value.is_floating_point() else value.contiguous()
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    config = dataclasses.replace(model.config, keep_relative_pos=False)
+    # stochastic depth acts in training only: the file describes the network as it infers
+    config = dataclasses.replace(model.config, keep_relative_pos=False, drop_path_rate=0.0)
     meta["mim_config"] = _config_to_json(config)
     if refiner is not None:
         meta["refiner_config"] = refiner.config.to_json()

@@ -215,6 +215,10 @@ class TrainConfig:
     ema_decay : float
         Per-step decay of the weight average that is evaluated and saved (0: off, the raw
         weights are used; 0.998 averages over about 500 steps).
+    drop_path_rate : float
+        Stochastic depth in training: the last block's share of images whose residual
+        branches are dropped, rising linearly from 0 at the first block
+        (:class:`mim_model.config.MiMConfig`); 0: off. The exported weights do not depend on it.
     ema_warmup : bool
         Use the decay ``min(ema_decay, (1 + t) / (10 + t))`` at step t (counted from the
         run's start, resumes included), so that the average forgets the initial weights
@@ -260,6 +264,7 @@ class TrainConfig:
     land_val_crops: int = 0
     ema_decay: float = 0.0
     ema_warmup: bool = True
+    drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> TrainError:
@@ -292,6 +297,8 @@ class TrainConfig:
             raise bad("time_budget_min", "a positive number of minutes or None")
         if self.land_val_crops < 0:
             raise bad("land_val_crops", "an integer >= 0")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise bad("drop_path_rate", "a rate in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "a decay in [0, 1)")
         if not 0 < self.threshold_without_val < 1:
@@ -453,11 +460,12 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def build_model(layout: str) -> nn.Module:
-    """A freshly initialised MiM with the given token layout."""
+def build_model(layout: str, drop_path_rate: float = 0.0) -> nn.Module:
+    """A freshly initialised MiM with the given token layout (and stochastic depth, which
+    acts in training only)."""
     from mim_model.network import MiM
 
-    return MiM(layout=layout)
+    return MiM(layout=layout, drop_path_rate=drop_path_rate)
 
 
 def evaluate_split(
@@ -618,7 +626,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         )
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.layout).to(device)
+    model = build_model(cfg.layout, cfg.drop_path_rate).to(device)
     if workers.parallel and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state-dict keys
     optimizer = _make_optimizer(model, cfg)

@@ -105,6 +105,9 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--ema-warmup/--no-ema-warmup", default=None,
               help="Lower the average's decay in the first steps to (1 + t) / (10 + t), so that it forgets "
                    "the initial weights (off: it stays near --init-weights at first). [on]")
+@click.option("--drop-path-rate", type=float,
+              help="Stochastic depth in training: the last block drops its residual branches for this share "
+                   "of the images, the first for none, linear between (0: off; the weights do not keep it). [0]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--init-any-scale", is_flag=True, default=None,
               help="Accept --init-weights trained at another --input-scale (to move weights to a finer scale).")

@@ -131,3 +131,44 @@ def test_backward_reaches_every_used_parameter():
             continue
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
+
+
+# --------------------------------------------------------------------------- stochastic depth
+
+
+def test_drop_path_keeps_or_drops_whole_images_and_keeps_the_expectation():
+    from mim_model.blocks import DropPath
+
+    drop = DropPath(0.5).train()
+    torch.manual_seed(0)
+    branch = torch.ones(64 * 3, 16, 4)  # 64 images of 3 sentences each, image-major
+    out = drop(branch, 64).reshape(64, 3 * 16 * 4)
+    per_image = out[:, 0]
+    assert set(per_image.tolist()) <= {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - 0.5)
+    assert torch.equal(out, per_image[:, None].expand_as(out))  # all rows of an image alike
+    assert 16 <= int((per_image == 0).sum()) <= 48  # about half of 64 dropped
+    many = torch.stack([DropPath(0.3).train()(torch.ones(4000, 1)) for _ in range(5)]).mean()
+    assert abs(float(many) - 1.0) < 0.02
+    assert torch.equal(drop.eval()(branch, 64), branch)
+    with pytest.raises(ValueError, match=r"DropPath rate: expected a rate in \[0, 1\), got 1.0"):
+        DropPath(1.0)
+
+
+def test_drop_path_rates_rise_over_all_blocks_and_act_in_training_only():
+    model = MiM(layout="spatial", drop_path_rate=0.14)
+    rates = [b.drop_path.rate for s in model.mim_backbone.stages for b in s.blocks]
+    assert rates == pytest.approx([0.14 * i / 7 for i in range(8)])
+    plain = MiM(layout="spatial")
+    plain.load_state_dict(model.state_dict(), strict=True)  # no parameters of its own
+    x = torch.randn(4, 1, 64, 64)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+        model.train(), plain.train()
+        torch.manual_seed(1)
+        a = model(x)
+        torch.manual_seed(1)
+        b = plain(x)
+    assert not torch.allclose(a, b)  # some branches of some images were dropped
+    with pytest.raises(ValueError, match=r"drop_path_rate: expected a rate in \[0, 1\), got -0.1"):
+        MiM(drop_path_rate=-0.1)

@@ -370,6 +370,8 @@ def test_a_refit_refuses_land_val_crops() -> None:
 def test_config_validation() -> None:
     with pytest.raises(TrainError, match="crop_px: expected a positive multiple of 64, got 100"):
         TrainConfig(data_dir="d", out_dir="o", crop_px=100)
+    with pytest.raises(TrainError, match=r"drop_path_rate: expected a rate in \[0, 1\), got 1.5"):
+        TrainConfig(data_dir="d", out_dir="o", drop_path_rate=1.5)
     cfg = TrainConfig(data_dir="d", out_dir="o")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -560,3 +562,19 @@ def test_training_runs_with_the_per_image_losses(tiny_sirst: Path, tmp_path: Pat
         assert out["finished"] and np.isfinite(out["best"]["val"]["iou"])
         record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
         assert np.isfinite(record["loss"]) and torch.load(tmp_path / name / "last.pt", weights_only=True)["config"]["loss"] == name
+
+
+@needs_sirst
+def test_training_with_stochastic_depth_differs_and_exports_a_plain_network(tiny_sirst: Path, tmp_path: Path) -> None:
+    plain = train(_config(tiny_sirst, tmp_path / "plain", epochs=1, eval_every=1))
+    dropped = train(_config(tiny_sirst, tmp_path / "dp", epochs=1, eval_every=1, drop_path_rate=0.5))
+    assert plain["finished"] and dropped["finished"]
+    a = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "dp" / "last.pt", weights_only=True)
+    assert b["config"]["drop_path_rate"] == 0.5
+    key = "mim_backbone.stages.3.blocks.1.outer_attn.out_proj.weight"  # a block that drops at 0.5
+    assert not torch.equal(a["model"][key], b["model"][key])  # same seed, same crops: the drops made it differ
+    exported = export(tmp_path / "dp" / "best.pt", tmp_path / "dp.safetensors", card=False)
+    from mim_model.weights import load_model
+
+    assert load_model(exported["weights"]).config.drop_path_rate == 0.0

@@ -119,3 +119,10 @@ def test_soup_runs_resolves_a_soup_of_soups_to_the_runs_and_their_shares():
     assert runs[1][0]["train_config"] == {"seed": 2}
     # weights that are no soup are one run
     assert soup_runs({"train_config": json.dumps({"seed": 0})}) == [({"train_config": {"seed": 0}}, 1.0)]
+
+
+def test_weights_file_describes_the_network_without_stochastic_depth(tmp_path):
+    model = MiM(layout="spatial", drop_path_rate=0.1)
+    path = save_safetensors(model, tmp_path / "w.safetensors")
+    assert '"drop_path_rate": 0.0' in read_metadata(path)["mim_config"]
+    assert load_model(path).config.drop_path_rate == 0.0
