@@ -4,6 +4,8 @@
     python bench/bench_accuracy.py val-errors [WEIGHTS]
     python bench/bench_accuracy.py outline-ceiling [--scales 2,3]
     python bench/bench_accuracy.py land-val WEIGHTS...
+    python bench/bench_accuracy.py precision SPLIT [WEIGHTS] [--draws 10000]
+    python bench/bench_accuracy.py selection-gain [LOG...]
     python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val [--val-seed 13]] [--input-scale 3] [--tile-px 256 --halo-px 64]
         [--window-px 64 --window-halo-px 16] [--keep DIR] [--tta-flips] [--thresholds 0.5,0.45]
 
@@ -17,6 +19,11 @@ objects and of missed targets. ``outline-ceiling``: how well the network's outpu
 quarter of its input) can draw the val masks: each mask averaged onto it, and logits fitted
 to it (both up-sampled as the network does). ``land-val``: Pd/Fa on the training's land
 validation crops (val-split targets on procedural clutter) at each weights' threshold.
+``precision``: how precisely a split measures a weights file: the set IoU and Fa (weights'
+threshold, refiner on) over bootstrap resamples of the split's images (a report; on test it
+chooses nothing). ``selection-gain``: from training logs (``docs/train_log_*.txt``), how much
+choosing the evaluation with the best val IoU gains over the run's last one, which is what
+choosing a checkpoint on the scored split adds to its figure.
 ``scene-recall``: targets found within 3 px on the scan accuracy test's 4000^2 Sentinel-2
 scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``); with
 ``--targets val`` on a validation scene built the same way from *val-split* targets at
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +61,7 @@ from mim_model.training.inference import (
     weights_input_scale,
     weights_threshold,
 )
-from mim_model.training.metrics import ThresholdSweep
+from mim_model.training.metrics import ThresholdSweep, image_counts
 from mim_model.weights import (
     DEFAULT_WEIGHTS_PATH,
     load_model,
@@ -223,6 +231,62 @@ def cmd_land_val(args: argparse.Namespace) -> None:
                           "n_targets": result["n_targets"], "n_matched": result["n_matched"]}), flush=True)
 
 
+def cmd_precision(args: argparse.Namespace) -> None:
+    split = _split(args.split)
+    model, refiner = load_model(args.weights), load_refiner(args.weights)
+    threshold = weights_threshold(model)
+    probs = _probs(model, split, weights_input_scale(model), refiner)
+    counts = np.array([[c.intersection_px, c.union_px, c.false_alarm_px, c.total_px]
+                       for c in (image_counts(p > threshold, m) for p, m in zip(probs, split.masks, strict=True))],
+                      dtype=np.float64)
+    rng = np.random.default_rng(args.seed)
+    draws = counts[rng.integers(0, len(counts), (args.draws, len(counts)))].sum(axis=1)
+    iou, fa = draws[:, 0] / draws[:, 1], draws[:, 2] / draws[:, 3]
+    total = counts.sum(axis=0)
+    print(json.dumps({
+        "weights": str(args.weights or DEFAULT_WEIGHTS_PATH), "split": args.split, "images": len(counts),
+        "threshold": threshold, "iou": round(float(total[0] / total[1]), 4), "fa": float(f"{total[2] / total[3]:.3e}"),
+        "draws": args.draws, "iou_95": [round(float(q), 4) for q in np.quantile(iou, [0.025, 0.975])],
+        "fa_95": [float(f"{q:.3e}") for q in np.quantile(fa, [0.025, 0.975])],
+        "share_iou_at_least": {f"{t:g}": round(float((iou >= t).mean()), 4) for t in (0.74, 0.76, 0.78, 0.80)},
+    }), flush=True)
+
+
+_RUN_HEADER = re.compile(r"^(?:##|=====)\s*(?:run\s+)?r?(\d+)\b")
+_EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*\| val iou ([0-9.]+) ")
+
+
+def cmd_selection_gain(args: argparse.Namespace) -> None:
+    paths = args.logs or sorted(str(p) for p in (REPO / "docs").glob("train_log_*.txt"))
+    gains = []
+    for path in paths:
+        runs: dict[str, dict[int, tuple[int, float]]] = {}
+        name = Path(path).stem
+        for line in Path(path).read_text().splitlines():
+            head = _RUN_HEADER.match(line)
+            if head:  # logs of several runs: "## r44.log", "## r31", "===== run 15: ...", "===== r35 (..."
+                name = f"{Path(path).stem}:r{head.group(1)}"
+                continue
+            m = _EPOCH_LINE.search(line)
+            if m:  # a resumed run logs some epochs twice: the later line wins
+                runs.setdefault(name, {})[int(m.group(1))] = (int(m.group(2)), float(m.group(3)))
+        for run, evals in runs.items():
+            last_epoch = max(evals)
+            total, last = evals[last_epoch]
+            # whole runs only, logged as one run (older logs of several runs interleave them)
+            if last_epoch != total or len(evals) < 8 or len(evals) > total // min(evals) + 1:
+                continue
+            best = max(iou for _, iou in evals.values())
+            gains.append(best - last)
+            print(json.dumps({"run": run, "evaluations": len(evals), "last": last, "best": best,
+                              "gain": round(best - last, 4)}), flush=True)
+    if not gains:
+        sys.exit("bench_accuracy: selection-gain: expected logs with whole runs, got none")
+    q = np.quantile(gains, [0.25, 0.5, 0.75])
+    print(json.dumps({"runs": len(gains), "median_gain": round(float(q[1]), 4),
+                      "quartiles": [round(float(q[0]), 4), round(float(q[2]), 4)], "max_gain": round(max(gains), 4)}))
+
+
 def cmd_scene_recall(args: argparse.Namespace) -> None:
     if args.keep:  # the scene and every scan's outputs stay there, for a closer look
         work = Path(args.keep)
@@ -344,6 +408,15 @@ def main() -> None:
     p.add_argument("weights", nargs="+")
     p.add_argument("--crops", type=int, default=64)
     p.set_defaults(run=cmd_land_val)
+    p = sub.add_parser("precision")
+    p.add_argument("split", choices=("val", "test"))
+    p.add_argument("weights", nargs="?", default=None, help="[the packaged weights]")
+    p.add_argument("--draws", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_precision)
+    p = sub.add_parser("selection-gain")
+    p.add_argument("logs", nargs="*", help="training logs [docs/train_log_*.txt]")
+    p.set_defaults(run=cmd_selection_gain)
     p = sub.add_parser("scene-recall")
     p.add_argument("weights", nargs="+")
     p.add_argument("--targets", choices=("test", "val"), default="test",
