@@ -215,14 +215,14 @@ class TrainConfig:
     ema_decay : float
         Per-step decay of the weight average that is evaluated and saved (0: off, the raw
         weights are used; 0.998 averages over about 500 steps).
-    drop_path_rate : float
-        Stochastic depth in training: the last block's share of images whose residual
-        branches are dropped, rising linearly from 0 at the first block
-        (:class:`mim_model.config.MiMConfig`); 0: off. The exported weights do not depend on it.
     ema_warmup : bool
         Use the decay ``min(ema_decay, (1 + t) / (10 + t))`` at step t (counted from the
         run's start, resumes included), so that the average forgets the initial weights
         quickly; off: ``ema_decay`` from the first step.
+    drop_path_rate : float
+        Stochastic depth in training: the last block's share of images whose residual
+        branches are dropped, rising linearly from 0 at the first block
+        (:class:`mim_model.config.MiMConfig`); 0: off. The exported weights do not depend on it.
     """
 
     data_dir: str
@@ -932,6 +932,9 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         *([f"- Weights: a moving average of the trained weights (decay {cfg['ema_decay']} per step"
            + (", lower in the first steps: min(decay, (1 + t) / (10 + t)))." if cfg.get("ema_warmup") else ").")]
           if cfg.get("ema_decay") else []),
+        *([f"- Stochastic depth in training: residual branches dropped for up to {cfg['drop_path_rate']:.0%} of the "
+           "images (the last block; linear from 0 at the first); the network here is the plain one."]
+          if cfg.get("drop_path_rate") else []),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
         "",
         "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",

@@ -574,7 +574,9 @@ def test_training_with_stochastic_depth_differs_and_exports_a_plain_network(tiny
     assert b["config"]["drop_path_rate"] == 0.5
     key = "mim_backbone.stages.3.blocks.1.outer_attn.out_proj.weight"  # a block that drops at 0.5
     assert not torch.equal(a["model"][key], b["model"][key])  # same seed, same crops: the drops made it differ
-    exported = export(tmp_path / "dp" / "best.pt", tmp_path / "dp.safetensors", card=False)
+    exported = export(tmp_path / "dp" / "best.pt", tmp_path / "dp.safetensors")
     from mim_model.weights import load_model
 
     assert load_model(exported["weights"]).config.drop_path_rate == 0.0
+    assert "Stochastic depth in training: residual branches dropped for up to 50% of the images" in (
+        Path(exported["card"]).read_text())
