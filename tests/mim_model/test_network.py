@@ -161,10 +161,12 @@ def test_drop_path_rates_rise_over_all_blocks_and_act_in_training_only():
     plain = MiM(layout="spatial")
     plain.load_state_dict(model.state_dict(), strict=True)  # no parameters of its own
     x = torch.randn(4, 1, 64, 64)
-    model.eval(), plain.eval()
+    model.eval()
+    plain.eval()
     with torch.no_grad():
         assert torch.equal(model(x), plain(x))
-        model.train(), plain.train()
+        model.train()
+        plain.train()
         torch.manual_seed(1)
         a = model(x)
         torch.manual_seed(1)
