@@ -710,6 +710,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         steps_per_epoch, start_epoch + 1, cfg.epochs, device,
         f" x {workers.world} processes" if workers.parallel else "",
     )
+    log.info("recipe %s", json.dumps(cfg.to_dict(), sort_keys=True))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

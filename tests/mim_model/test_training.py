@@ -565,10 +565,15 @@ def test_training_runs_with_the_per_image_losses(tiny_sirst: Path, tmp_path: Pat
 
 
 @needs_sirst
-def test_training_with_stochastic_depth_differs_and_exports_a_plain_network(tiny_sirst: Path, tmp_path: Path) -> None:
+def test_training_with_stochastic_depth_differs_and_exports_a_plain_network(
+    tiny_sirst: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     plain = train(_config(tiny_sirst, tmp_path / "plain", epochs=1, eval_every=1))
-    dropped = train(_config(tiny_sirst, tmp_path / "dp", epochs=1, eval_every=1, drop_path_rate=0.5))
+    with caplog.at_level(logging.INFO, logger="mim_model.training.train"):
+        dropped = train(_config(tiny_sirst, tmp_path / "dp", epochs=1, eval_every=1, drop_path_rate=0.5))
     assert plain["finished"] and dropped["finished"]
+    recipes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe ")]
+    assert len(recipes) == 1 and json.loads(recipes[0].removeprefix("recipe "))["drop_path_rate"] == 0.5  # the log holds it
     a = torch.load(tmp_path / "plain" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "dp" / "last.pt", weights_only=True)
     assert b["config"]["drop_path_rate"] == 0.5
