@@ -2,11 +2,11 @@
 "The refiner gated by the network's own objects").
 
     python bench/bench_refiner_gate.py DATA_DIR --weights r61=W1 --weights r62=W2 \
-        [--split val] [--gate 0.5,0.2] [--device cpu] [--out RESULTS.jsonl]
+        [--split val] [--gate 0.5,0.2] [--threshold T] [--device cpu] [--out RESULTS.jsonl]
 
 Each W is a weights file with a refiner beside the network (``irscan train-refiner``). For
 each, the network's probabilities on the split are computed once (fp32, its input scale, no
-flips) and refined; the masks at the weights' threshold are scored (IoU, nIoU, Pd, Fa):
+flips) and refined; the masks at the weights' threshold (or ``--threshold``) are scored (IoU, nIoU, Pd, Fa):
 the network alone, refined, and refined then gated at each ``--gate`` g (:func:`gate_mask`:
 only the refined objects holding a pixel where the network alone exceeds g are kept). One JSON
 line per network and mask, then ``refined_fa_px_new``: how many of the refined mask's
@@ -56,13 +56,15 @@ def _scores(metrics: IRSTDMetrics) -> dict:
             "false_alarm_px": int(scores["false_alarm_px"])}
 
 
-def score_network(name: str, weights: str, split: SirstSplit, gates: list[float], device: str) -> list[dict]:
-    """Rows for one weights file (network + refiner): alone, refined, refined and gated."""
+def score_network(name: str, weights: str, split: SirstSplit, gates: list[float], device: str,
+                  threshold: float | None = None) -> list[dict]:
+    """Rows for one weights file (network + refiner): alone, refined, refined and gated, at
+    ``threshold`` (default: the weights')."""
     model = load_model(weights, device=device)
     refiner = load_refiner(weights, device=device)
     if refiner is None:
         raise SystemExit(f"{weights}: expected a weights file with a refiner, found the network alone")
-    threshold = weights_threshold(model)
+    threshold = weights_threshold(model) if threshold is None else threshold
     images = split.images01()
     probs = predict_probs(model, images, device=device, amp=False, batch_size=8, scale=weights_input_scale(model))
     refined = [refine_probs(refiner, img, p) > threshold for img, p in zip(images, probs, strict=True)]
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--weights", action="append", required=True, help="NAME=PATH (network + refiner)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--gate", default="0.5,0.2", help="comma-separated network probabilities")
+    parser.add_argument("--threshold", type=float, help="default: each weights file's own")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -100,7 +103,7 @@ def main() -> None:
     out = args.out.open("w") if args.out else None
     for spec in args.weights:
         name, _, path = spec.partition("=")
-        for row in score_network(name, path, split, gates, args.device):
+        for row in score_network(name, path, split, gates, args.device, args.threshold):
             line = json.dumps(row)
             sys.stdout.write(line + "\n")
             if out:
