@@ -6,11 +6,12 @@
 
 Each W is a weights file with a refiner beside the network (``irscan train-refiner``). For
 each, the network's probabilities on the split are computed once (fp32, its input scale, no
-flips) and refined; the masks at the weights' threshold (or ``--threshold``) are scored (IoU, nIoU, Pd, Fa):
-the network alone, refined, and refined then gated at each ``--gate`` g (:func:`gate_mask`:
-only the refined objects holding a pixel where the network alone exceeds g are kept). One JSON
-line per network and mask, then ``refined_fa_px_new``: how many of the refined mask's
-false-alarm px lie in objects that hold no pixel of the network alone's mask.
+flips) and refined; the masks at the weights' threshold (or ``--threshold``) are scored
+(IoU, nIoU, Pd, Fa): the network alone, refined, and refined then gated at each ``--gate`` g
+(:func:`gate_mask`: only the refined objects holding a pixel where the network alone exceeds
+g are kept). One JSON line per network and mask, then ``refined_fa_px_new``: how many of the
+refined mask's false-alarm px lie in objects that hold no pixel of the network alone's mask.
+Not adopted (the rule's verdict is in docs/benchmarks.md), so it lives here.
 """
 
 from __future__ import annotations
