@@ -20,7 +20,11 @@ each fit's refined masks are also scored closed once and twice
 thresholds :data:`SWEEP_THRESHOLDS`, under ``sweep`` (docs/benchmarks.md, "The threshold of
 network + refiner"). With ``--scales`` the network's answers (those the refiners are fitted to
 and those scored) are the mean of its probabilities at those input scales (docs/benchmarks.md,
-"Answers averaged over three input scales"). Nothing is scored on test.
+"Answers averaged over three input scales"). With ``--ensemble`` each network's refined val
+probabilities are also averaged over its fits (of one recipe, all seeds) and scored, one line
+each with ``"ensemble"`` (docs/benchmarks.md, "Refiner ensembles"). ``--refit-seeds`` fits
+the refit to those seeds (``DIR/<recipe>.safetensors`` for seed 0,
+``DIR/<recipe>_seed<N>.safetensors`` for the others). Nothing is scored on test.
 """
 
 from __future__ import annotations
@@ -131,6 +135,8 @@ def _fit_and_score(job: dict) -> dict:
     for prob, mask in zip(refined, cache["val_masks"], strict=True):
         metrics.update(prob > threshold, mask)
     result.update(_scores(metrics))
+    if job.get("refined_out"):
+        np.save(job["refined_out"], np.array(refined, dtype=object), allow_pickle=True)
     if job.get("sweep"):
         sweep = ThresholdSweep(job["sweep"])
         for prob, mask in zip(refined, cache["val_masks"], strict=True):
@@ -149,6 +155,25 @@ def _fit_and_score(job: dict) -> dict:
     return result
 
 
+def _ensemble_rows(jobs: list[dict], masks: list[np.ndarray]) -> list[dict]:
+    """One row per (network, recipe): the mean of its fits' refined val probabilities, scored
+    at the network's threshold."""
+    rows = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for job in jobs:
+        if job.get("refined_out"):
+            groups.setdefault((job["network"], job["recipe"]), []).append(job)
+    for (network, recipe), members in groups.items():
+        threshold = float(np.load(members[0]["cache"], allow_pickle=True)["threshold"])
+        fits = [np.load(m["refined_out"], allow_pickle=True) for m in members]
+        metrics = IRSTDMetrics()
+        for i, mask in enumerate(masks):
+            metrics.update(sum(f[i] for f in fits) / len(fits) > threshold, mask)
+        rows.append({"network": network, "recipe": recipe, "ensemble": [m["seed"] for m in members],
+                     **_scores(metrics)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir")
@@ -161,6 +186,9 @@ def main() -> None:
     parser.add_argument("--refit", metavar="NAME=WEIGHTS")
     parser.add_argument("--refit-split", default="trainval")
     parser.add_argument("--refit-dir")
+    parser.add_argument("--refit-seeds", default="0", help="seeds of the refit fits [0]")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also score the mean of each network's fits of a recipe (all seeds)")
     parser.add_argument("--smoke-steps", type=int, help="a smoke test: every fit this many steps")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="names of RECIPES to run [all]")
     parser.add_argument("--flip-agreement", action="store_true", help="also score every fit with flip agreement")
@@ -212,7 +240,9 @@ def main() -> None:
                  threshold=threshold, **extra)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
                   "steps": args.smoke_steps, "closing": (1, 2) if args.closing else (),
-                  "sweep": SWEEP_THRESHOLDS if args.sweep else ()} for r in recipes for s in seeds]
+                  "sweep": SWEEP_THRESHOLDS if args.sweep else (),
+                  "refined_out": str(work / f"{name}_{r}_seed{s}_refined.npy") if args.ensemble else None}
+                 for r in recipes for s in seeds]
     if args.refit:
         name, weights = args.refit.split("=", 1)
         split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
@@ -221,8 +251,10 @@ def main() -> None:
         np.savez(cache, fit_images=np.array(images, dtype=object), fit_probs=np.array(probs, dtype=object),
                  fit_masks=np.array(split.masks, dtype=object), threshold=threshold)
         Path(args.refit_dir).mkdir(parents=True, exist_ok=True)
-        jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": 0, "device": args.device,
-                  "steps": args.smoke_steps, "save": str(Path(args.refit_dir) / f"{r}.safetensors")} for r in recipes]
+        jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
+                  "steps": args.smoke_steps,
+                  "save": str(Path(args.refit_dir) / (f"{r}.safetensors" if s == 0 else f"{r}_seed{s}.safetensors"))}
+                 for r in recipes for s in (int(x) for x in args.refit_seeds.split(","))]
     rows = []
     with open(args.out, "w") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         for row in pool.map(_fit_and_score, jobs):
@@ -242,6 +274,10 @@ def main() -> None:
                                                  for n in sorted({r["network"] for r in scored})}}
                 print(json.dumps(summary), flush=True)
                 out.write(json.dumps(summary) + "\n")
+        if args.ensemble:
+            for row in _ensemble_rows(jobs, val.masks):
+                print(json.dumps(row), flush=True)
+                out.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
