@@ -22,7 +22,9 @@ network + refiner"). With ``--scales`` the network's answers (those the refiners
 and those scored) are the mean of its probabilities at those input scales (docs/benchmarks.md,
 "Answers averaged over three input scales"). With ``--ensemble`` each network's refined val
 probabilities are also averaged over its fits (of one recipe, all seeds) and scored, one line
-each with ``"ensemble"`` (docs/benchmarks.md, "Refiner ensembles"). ``--refit-seeds`` fits
+each with ``"ensemble"`` (docs/benchmarks.md, "Refiner ensembles"); with ``--vote`` also the
+majority vote of their masks (:func:`vote_mask`), one line each with ``"vote"`` (docs/benchmarks.md,
+"Refiner fits that vote"). ``--refit-seeds`` fits
 the refit to those seeds (``DIR/<recipe>.safetensors`` for seed 0,
 ``DIR/<recipe>_seed<N>.safetensors`` for the others). Nothing is scored on test.
 """
@@ -155,9 +157,17 @@ def _fit_and_score(job: dict) -> dict:
     return result
 
 
-def _ensemble_rows(jobs: list[dict], masks: list[np.ndarray]) -> list[dict]:
+def vote_mask(fits: list[np.ndarray], threshold: float) -> np.ndarray:
+    """Pixels where more than half of ``fits`` (refined probabilities of one image) exceed
+    ``threshold``: two of three fits for three."""
+    votes = sum((fit > threshold).astype(np.int32) for fit in fits)
+    return 2 * votes > len(fits)
+
+
+def _ensemble_rows(jobs: list[dict], masks: list[np.ndarray], vote: bool = False) -> list[dict]:
     """One row per (network, recipe): the mean of its fits' refined val probabilities, scored
-    at the network's threshold."""
+    at the network's threshold; with ``vote`` also their majority vote (:func:`vote_mask`),
+    one row marked ``"vote"``."""
     rows = []
     groups: dict[tuple[str, str], list[dict]] = {}
     for job in jobs:
@@ -171,6 +181,12 @@ def _ensemble_rows(jobs: list[dict], masks: list[np.ndarray]) -> list[dict]:
             metrics.update(sum(f[i] for f in fits) / len(fits) > threshold, mask)
         rows.append({"network": network, "recipe": recipe, "ensemble": [m["seed"] for m in members],
                      **_scores(metrics)})
+        if vote:
+            voted = IRSTDMetrics()
+            for i, mask in enumerate(masks):
+                voted.update(vote_mask([f[i] for f in fits], threshold), mask)
+            rows.append({"network": network, "recipe": recipe, "vote": [m["seed"] for m in members],
+                         **_scores(voted)})
     return rows
 
 
@@ -187,6 +203,8 @@ def main() -> None:
     parser.add_argument("--refit-split", default="trainval")
     parser.add_argument("--refit-dir")
     parser.add_argument("--refit-seeds", default="0", help="seeds of the refit fits [0]")
+    parser.add_argument("--vote", action="store_true",
+                        help="with --ensemble: also score the majority vote of each network's fits' masks")
     parser.add_argument("--ensemble", action="store_true",
                         help="also score the mean of each network's fits of a recipe (all seeds)")
     parser.add_argument("--smoke-steps", type=int, help="a smoke test: every fit this many steps")
@@ -275,7 +293,7 @@ def main() -> None:
                 print(json.dumps(summary), flush=True)
                 out.write(json.dumps(summary) + "\n")
         if args.ensemble:
-            for row in _ensemble_rows(jobs, val.masks):
+            for row in _ensemble_rows(jobs, val.masks, vote=args.vote):
                 print(json.dumps(row), flush=True)
                 out.write(json.dumps(row) + "\n")
 
