@@ -216,6 +216,8 @@ def main() -> None:
                         "averaged [the weights' own scale]")
     parser.add_argument("--threshold", type=float, help="score every network at this threshold [each file's own]")
     args = parser.parse_args()
+    if args.vote and not args.ensemble:
+        parser.error("--vote: expected together with --ensemble (it votes among the fits --ensemble keeps), got it alone")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         sys.exit(f"bench_refiner: --threshold: expected a probability in (0, 1), got {args.threshold}")
     try:
