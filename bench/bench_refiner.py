@@ -36,6 +36,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
@@ -103,13 +104,18 @@ def _scores(metrics: IRSTDMetrics) -> dict:
             "false_alarm_px": int(scores["false_alarm_px"])}
 
 
+def _score_masks(predicted: Iterable[np.ndarray], masks: Iterable[np.ndarray]) -> dict:
+    """Scores (:func:`_scores`) of the predicted boolean masks against ``masks``, image by image."""
+    metrics = IRSTDMetrics()
+    for pred, mask in zip(predicted, masks, strict=True):
+        metrics.update(pred, mask)
+    return _scores(metrics)
+
+
 def _agreed_scores(probs: list[np.ndarray], flipped: list[list[np.ndarray]], masks: list[np.ndarray],
                    threshold: float) -> dict:
     """Scores of the flip-agreed masks; ``flipped[k][i]``: pass k of image i, on the image's grid."""
-    metrics = IRSTDMetrics()
-    for i, (prob, mask) in enumerate(zip(probs, masks, strict=True)):
-        metrics.update(keep_agreed(prob, [f[i] for f in flipped], threshold), mask)
-    return _scores(metrics)
+    return _score_masks((keep_agreed(prob, [f[i] for f in flipped], threshold) for i, prob in enumerate(probs)), masks)
 
 
 def _fit_and_score(job: dict) -> dict:
@@ -131,12 +137,9 @@ def _fit_and_score(job: dict) -> dict:
                             "progress": records})})
         result["saved"] = job["save"]
         return result
-    metrics = IRSTDMetrics()
     threshold = float(cache["threshold"])
     refined = [refine_probs(refiner, img, prob) for img, prob in zip(cache["val_images"], cache["val_probs"], strict=True)]
-    for prob, mask in zip(refined, cache["val_masks"], strict=True):
-        metrics.update(prob > threshold, mask)
-    result.update(_scores(metrics))
+    result.update(_score_masks((prob > threshold for prob in refined), cache["val_masks"]))
     if job.get("refined_out"):
         np.save(job["refined_out"], np.array(refined, dtype=object), allow_pickle=True)
     if job.get("sweep"):
@@ -145,10 +148,8 @@ def _fit_and_score(job: dict) -> dict:
             sweep.update(prob, mask)
         result["sweep"] = {f"{t:.2f}": _scores(scored) for t, scored in sweep.metrics.items()}
     for iterations in job.get("closing", ()):
-        closed = IRSTDMetrics()
-        for prob, mask in zip(refined, cache["val_masks"], strict=True):
-            closed.update(close_mask(prob > threshold, iterations), mask)
-        result[f"close{iterations}"] = _scores(closed)
+        result[f"close{iterations}"] = _score_masks((close_mask(prob > threshold, iterations) for prob in refined),
+                                                    cache["val_masks"])
     if "val_flip_probs" in cache.files:
         flipped = [[np.flip(refine_probs(refiner, np.flip(img, axes), np.flip(prob, axes)), axes)
                     for img, prob in zip(cache["val_images"], probs, strict=True)]
@@ -176,17 +177,12 @@ def _ensemble_rows(jobs: list[dict], masks: list[np.ndarray], vote: bool = False
     for (network, recipe), members in groups.items():
         threshold = float(np.load(members[0]["cache"], allow_pickle=True)["threshold"])
         fits = [np.load(m["refined_out"], allow_pickle=True) for m in members]
-        metrics = IRSTDMetrics()
-        for i, mask in enumerate(masks):
-            metrics.update(sum(f[i] for f in fits) / len(fits) > threshold, mask)
-        rows.append({"network": network, "recipe": recipe, "ensemble": [m["seed"] for m in members],
-                     **_scores(metrics)})
+        seeds = [m["seed"] for m in members]
+        rows.append({"network": network, "recipe": recipe, "ensemble": seeds,
+                     **_score_masks((sum(f[i] for f in fits) / len(fits) > threshold for i in range(len(masks))), masks)})
         if vote:
-            voted = IRSTDMetrics()
-            for i, mask in enumerate(masks):
-                voted.update(vote_mask([f[i] for f in fits], threshold), mask)
-            rows.append({"network": network, "recipe": recipe, "vote": [m["seed"] for m in members],
-                         **_scores(voted)})
+            rows.append({"network": network, "recipe": recipe, "vote": seeds,
+                         **_score_masks((vote_mask([f[i] for f in fits], threshold) for i in range(len(masks))), masks)})
     return rows
 
 
@@ -217,7 +213,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, help="score every network at this threshold [each file's own]")
     args = parser.parse_args()
     if args.vote and not args.ensemble:
-        parser.error("--vote: expected together with --ensemble (it votes among the fits --ensemble keeps), got it alone")
+        sys.exit("bench_refiner: --vote: expected together with --ensemble (it votes among the fits --ensemble keeps), "
+                 "got --vote alone")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         sys.exit(f"bench_refiner: --threshold: expected a probability in (0, 1), got {args.threshold}")
     try:
@@ -240,10 +237,8 @@ def main() -> None:
         fit_images, fit_probs, threshold = _probs(weights, train, args.device, scales=scales)
         threshold = threshold if args.threshold is None else args.threshold
         val_images, val_probs, _ = _probs(weights, val, args.device, scales=scales)
-        base = IRSTDMetrics()
-        for prob, mask in zip(val_probs, val.masks, strict=True):
-            base.update(prob > threshold, mask)
-        line = {"network": name, "recipe": "none", **({"scales": list(scales)} if scales else {}), **_scores(base)}
+        line = {"network": name, "recipe": "none", **({"scales": list(scales)} if scales else {}),
+                **_score_masks((prob > threshold for prob in val_probs), val.masks)}
         extra = {}
         if args.flip_agreement:
             flipped = [_probs(weights, val, args.device, axes, scales)[1] for axes in FLIP_AXES]
