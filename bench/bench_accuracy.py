@@ -6,6 +6,7 @@
     python bench/bench_accuracy.py land-val WEIGHTS...
     python bench/bench_accuracy.py precision SPLIT [WEIGHTS] [--draws 10000]
     python bench/bench_accuracy.py selection-gain [LOG...]
+    python bench/bench_accuracy.py protocol SPLIT [WEIGHTS] [--size-px 512]
     python bench/bench_accuracy.py scene-recall WEIGHTS... [--targets val [--val-seed 13]] [--input-scale 3] [--tile-px 256 --halo-px 64]
         [--window-px 64 --window-halo-px 16] [--keep DIR] [--tta-flips] [--thresholds 0.5,0.45]
 
@@ -24,6 +25,12 @@ threshold, refiner on) over bootstrap resamples of the split's images (a report;
 chooses nothing). ``selection-gain``: from training logs (``docs/train_log_*.txt``), how much
 choosing the evaluation with the best val IoU gains over the run's last one, which is what
 choosing a checkpoint on the scored split adds to its figure.
+``protocol``: a split's figures scored as ACM's code (which MiM's author says his training
+resembles) scores them, on masks resized nearest to ``--size-px`` squared: the same
+answers (native resolution, refiner on) either as probabilities resized bilinear and then
+thresholded, or as thresholded masks resized nearest like the truth; beside the native
+scoring. It shows how much of a difference to published figures is the metric's protocol
+rather than the detector (a report; on test it chooses nothing).
 ``scene-recall``: targets found within 3 px on the scan accuracy test's 4000^2 Sentinel-2
 scene (same construction and seed as ``tests/pipeline/test_scan_accuracy.py``); with
 ``--targets val`` on a validation scene built the same way from *val-split* targets at
@@ -61,7 +68,7 @@ from mim_model.training.inference import (
     weights_input_scale,
     weights_threshold,
 )
-from mim_model.training.metrics import ThresholdSweep, image_counts
+from mim_model.training.metrics import IRSTDMetrics, ThresholdSweep, image_counts
 from mim_model.weights import (
     DEFAULT_WEIGHTS_PATH,
     load_model,
@@ -252,6 +259,38 @@ def cmd_precision(args: argparse.Namespace) -> None:
     }), flush=True)
 
 
+def resized_for_protocol(prob: np.ndarray, mask: np.ndarray, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """A probability map resized bilinear and a 0/1 mask resized nearest to ``size_px`` squared,
+    as ACM's test transform resizes the image and the mask (PIL ``BILINEAR`` / ``NEAREST``)."""
+    from PIL import Image
+
+    size = (size_px, size_px)
+    prob_resized = np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    mask_resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+    return prob_resized, mask_resized
+
+
+def cmd_protocol(args: argparse.Namespace) -> None:
+    split = _split(args.split)
+    model, refiner = load_model(args.weights), load_refiner(args.weights)
+    threshold = weights_threshold(model)
+    probs = _probs(model, split, weights_input_scale(model), refiner)
+    native, resized_prob, resized_mask = IRSTDMetrics(), IRSTDMetrics(), IRSTDMetrics()
+    for prob, mask in zip(probs, split.masks, strict=True):
+        native.update(prob > threshold, mask)
+        prob_resized, mask_resized = resized_for_protocol(prob, mask, args.size_px)
+        resized_prob.update(prob_resized > threshold, mask_resized)
+        resized_mask.update(resized_for_protocol(prob, prob > threshold, args.size_px)[1], mask_resized)
+    for name, metrics in (("native", native),
+                          (f"{args.size_px} px, probabilities resized bilinear", resized_prob),
+                          (f"{args.size_px} px, masks resized nearest", resized_mask)):
+        result = metrics.result()
+        print(json.dumps({"weights": str(args.weights or DEFAULT_WEIGHTS_PATH), "split": args.split,
+                          "scoring": name, "threshold": threshold, "refiner": refiner is not None,
+                          **_compact(result), "n_targets": result["n_targets"], "n_matched": result["n_matched"],
+                          "false_alarm_px": result["false_alarm_px"]}), flush=True)
+
+
 _RUN_HEADER = re.compile(r"^(?:##|=====)\s*(?:run\s+)?r?(\d+)\b")
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*\| val iou ([0-9.]+) ")
 
@@ -414,6 +453,11 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_precision)
+    p = sub.add_parser("protocol")
+    p.add_argument("split", choices=("val", "test"))
+    p.add_argument("weights", nargs="?", default=None, help="[the packaged weights]")
+    p.add_argument("--size-px", type=int, default=512, help="the side images and masks are resized to [512]")
+    p.set_defaults(run=cmd_protocol)
     p = sub.add_parser("selection-gain")
     p.add_argument("logs", nargs="*", help="training logs [docs/train_log_*.txt]")
     p.set_defaults(run=cmd_selection_gain)
