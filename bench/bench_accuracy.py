@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,15 +260,16 @@ def cmd_precision(args: argparse.Namespace) -> None:
     }), flush=True)
 
 
-def resized_for_protocol(prob: np.ndarray, mask: np.ndarray, size_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """A probability map resized bilinear and a 0/1 mask resized nearest to ``size_px`` squared,
-    as ACM's test transform resizes the image and the mask (PIL ``BILINEAR`` / ``NEAREST``)."""
-    from PIL import Image
+def resized_bilinear(prob: np.ndarray, size_px: int) -> np.ndarray:
+    """A probability map resized bilinear to ``size_px`` squared, as ACM's test transform
+    resizes the image (PIL ``BILINEAR``)."""
+    return np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize((size_px, size_px), Image.BILINEAR))
 
-    size = (size_px, size_px)
-    prob_resized = np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
-    mask_resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
-    return prob_resized, mask_resized
+
+def resized_nearest(mask: np.ndarray, size_px: int) -> np.ndarray:
+    """A boolean mask resized nearest to ``size_px`` squared, as ACM's test transform resizes
+    the truth (PIL ``NEAREST``)."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size_px, size_px), Image.NEAREST)) > 127
 
 
 def cmd_protocol(args: argparse.Namespace) -> None:
@@ -278,9 +280,9 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     native, resized_prob, resized_mask = IRSTDMetrics(), IRSTDMetrics(), IRSTDMetrics()
     for prob, mask in zip(probs, split.masks, strict=True):
         native.update(prob > threshold, mask)
-        prob_resized, mask_resized = resized_for_protocol(prob, mask, args.size_px)
-        resized_prob.update(prob_resized > threshold, mask_resized)
-        resized_mask.update(resized_for_protocol(prob, prob > threshold, args.size_px)[1], mask_resized)
+        truth = resized_nearest(mask, args.size_px)
+        resized_prob.update(resized_bilinear(prob, args.size_px) > threshold, truth)
+        resized_mask.update(resized_nearest(prob > threshold, args.size_px), truth)
     for name, metrics in (("native", native),
                           (f"{args.size_px} px, probabilities resized bilinear", resized_prob),
                           (f"{args.size_px} px, masks resized nearest", resized_mask)):

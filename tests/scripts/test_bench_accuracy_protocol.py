@@ -3,26 +3,21 @@ answer bilinear to a square; known answers on tiny arrays."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_accuracy.py"
+from tests.scripts.bench_module import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_accuracy")
 
 
 def test_mask_resized_nearest_keeps_its_blocks_and_prob_bilinear_stays_in_range():
     mask = np.zeros((4, 4), bool)
     mask[1:3, 1:3] = True
     prob = mask.astype(np.float32)
-    prob_resized, mask_resized = _bench().resized_for_protocol(prob, mask, 8)
+    bench = _bench()
+    prob_resized, mask_resized = bench.resized_bilinear(prob, 8), bench.resized_nearest(mask, 8)
     expected = np.zeros((8, 8), bool)
     expected[2:6, 2:6] = True
     assert mask_resized.shape == (8, 8) and mask_resized.dtype == bool
@@ -35,7 +30,8 @@ def test_mask_resized_nearest_keeps_its_blocks_and_prob_bilinear_stays_in_range(
 def test_non_square_image_goes_to_the_square():
     mask = np.zeros((3, 6), bool)
     mask[1, 2:4] = True
-    prob_resized, mask_resized = _bench().resized_for_protocol(mask.astype(np.float32), mask, 6)
+    bench = _bench()
+    prob_resized, mask_resized = bench.resized_bilinear(mask.astype(np.float32), 6), bench.resized_nearest(mask, 6)
     assert mask_resized.shape == prob_resized.shape == (6, 6)
     expected = np.zeros((6, 6), bool)
     expected[2:4, 2:4] = True                    # the height doubles, the width stays

@@ -4,19 +4,13 @@ one fit is sure of, where the mean of their probabilities keeps it (docs/benchma
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_refiner.py"
+from tests.scripts.bench_module import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_refiner", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_refiner")
 
 
 def test_vote_drops_one_fits_confident_false_object_that_the_mean_keeps():
