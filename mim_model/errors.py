@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "MiMError",
     "InputShapeError",
+    "OutputPathError",
     "ScanBackendUnavailableError",
     "WeightsError",
 ]
@@ -16,6 +17,10 @@ class MiMError(Exception):
 
 class InputShapeError(MiMError, ValueError):
     """An input tensor does not have the shape the network accepts."""
+
+
+class OutputPathError(MiMError, ValueError):
+    """An output folder or file cannot be made where it was asked for (a file in the way)."""
 
 
 class ScanBackendUnavailableError(MiMError, RuntimeError):

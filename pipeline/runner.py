@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from pipeline.config import ScanConfig
 from pipeline.errors import InputError, OutputExistsError
+from mim_model.output_paths import make_output_dir
 from mim_model.weights import weights_sha256
 from pipeline.infer import (
     InferenceSpec,
@@ -683,8 +684,7 @@ def run_scans(
     from pipeline.postprocess import postprocess_scene
 
     wall_start = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir, "output folder", InputError)
     with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
         threshold = resolve_threshold(config.inference)

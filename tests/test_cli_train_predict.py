@@ -138,6 +138,28 @@ def test_predict_unreadable_image(tmp_path: Path, weights: Path) -> None:
     one_line_error(result, "absent.png")
 
 
+def test_outputs_under_a_file_fail_with_one_line_before_any_work(tmp_path: Path, weights: Path) -> None:
+    """--out where a file stands: one line naming it, before data or weights are read (the
+    data folder and the weights here do not exist, and their errors do not come first)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    absent_data = str(tmp_path / "no-data")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((70, 90), np.uint8)).save(image)
+    runs = {
+        "predict": ["predict", str(image), "--out", str(blocker / "masks"), "--weights", str(tmp_path / "none.safetensors")],
+        "train": ["train", absent_data, "--out", str(blocker), "--device", "cpu"],
+        "train-refiner": ["train-refiner", absent_data, "--out", str(blocker / "w.safetensors"),
+                          "--weights", str(weights), "--device", "cpu"],
+        "find-hard-negatives": ["find-hard-negatives", absent_data, "--out", str(blocker / "hn.json"), "--device", "cpu"],
+    }
+    for name, args in runs.items():
+        result = CliRunner().invoke(cli, args)
+        one_line_error(result, str(blocker))
+        assert "got a file at" in result.stderr, name
+    assert blocker.read_text() == "x"
+
+
 def test_predict_missing_weights(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((70, 90), np.uint8)).save(tmp_path / "a.png")
     result = CliRunner().invoke(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mim_model.output_paths import make_output_dir
 from mim_model.training.data import DatasetError, load_grey01
 from mim_model.training.flip_agreement import check_flip_options, predict_masks
 from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
@@ -121,8 +122,7 @@ def predict(
     check_flip_options(flip_tta=flip_tta, flip_agreement=flip_agreement)
     inputs = [Path(p) for p in paths]
     _check_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir, "output folder")
     dev = resolve_device(device)
     model = load_model(weights, device=dev)
     t = weights_threshold(model) if threshold is None else float(threshold)

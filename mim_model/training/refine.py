@@ -34,6 +34,7 @@ import numpy.typing as npt
 import torch
 
 from mim_model.errors import MiMError
+from mim_model.output_paths import check_output_file
 from mim_model.refiner import (
     LOGIT_FEATURE_SCALE,
     OutlineRefiner,
@@ -261,6 +262,7 @@ def train_refiner(
         raise RefinerError(f"out {out}: expected a new file, got the weights file itself")
     if out.exists() and not overwrite:
         raise RefinerError(f"out {out}: expected a path that does not exist yet (or --overwrite), got an existing file")
+    check_output_file(out, "out", RefinerError)
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)
     model = load_model(source, device=dev)

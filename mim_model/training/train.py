@@ -85,6 +85,7 @@ import torch
 from torch import nn
 
 from mim_model.errors import MiMError, WeightsError
+from mim_model.output_paths import make_output_dir
 from mim_model.training import distributed
 from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, read_split, split_summary
 from mim_model.training.hard_negatives import HardNegativePool, read_hard_negatives
@@ -590,8 +591,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
         distributed.start(workers, device)
         if not workers.main:
             log.setLevel(logging.WARNING)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(cfg.out_dir, "train out_dir", TrainError)
     last_path, best_path, metrics_path = out_dir / LAST, out_dir / BEST, out_dir / METRICS
 
     shared = sorted(set(read_split(cfg.data_dir, cfg.train_split, cfg.split_dir))

@@ -168,6 +168,17 @@ def test_bad_inputs_fail_with_one_clear_line(random_weights, tmp_path):
         assert len(output.splitlines()) == 1, output
 
 
+def test_output_folder_under_a_file_fails_with_one_line_before_any_scene_is_read(random_weights, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, output = _error_line([str(tmp_path / "missing.tif"), "--out", str(blocker / "o"),
+                                "--weights", str(random_weights)])
+    assert code != 0
+    assert output == f"irscan: error: output folder {blocker / 'o'}: expected a folder (or a place to make one), " \
+                     f"got a file at {blocker}"
+    assert blocker.read_text() == "x"
+
+
 def test_existing_output_is_refused_unless_overwrite(local_ray, random_weights, tmp_path):
     scene = _write(tmp_path / "again.tif", np.random.default_rng(4).integers(1, 999, (64, 64)).astype(np.uint16))
     args = [str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
