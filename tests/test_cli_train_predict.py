@@ -149,6 +149,8 @@ def test_outputs_under_a_file_fail_with_one_line_before_any_work(tmp_path: Path,
     runs = {
         "predict": ["predict", str(image), "--out", str(blocker / "masks"), "--weights", str(tmp_path / "none.safetensors")],
         "train": ["train", absent_data, "--out", str(blocker), "--device", "cpu"],
+        "train --export": ["train", absent_data, "--out", str(tmp_path / "run"), "--export", str(blocker / "w.safetensors"),
+                           "--device", "cpu"],
         "train-refiner": ["train-refiner", absent_data, "--out", str(blocker / "w.safetensors"),
                           "--weights", str(weights), "--device", "cpu"],
         "find-hard-negatives": ["find-hard-negatives", absent_data, "--out", str(blocker / "hn.json"), "--device", "cpu"],

@@ -127,6 +127,10 @@ def command(ctx: click.Context, data_dir: Path, out_dir: Path, resume: bool, exp
     _show_progress(ctx)
     if export_only and export_path is None:
         raise click.UsageError("--export-only needs --export PATH")
+    if export_path is not None:  # before training, which may take hours
+        from mim_model.output_paths import check_output_file
+
+        check_output_file(export_path, "--export", TrainError)
     summary: dict[str, object] = {}
     refit = str(options.get("val_split") or "").lower() == "none"
     if not export_only:
