@@ -162,6 +162,26 @@ def test_outputs_under_a_file_fail_with_one_line_before_any_work(tmp_path: Path,
     assert blocker.read_text() == "x"
 
 
+def test_inference_options_out_of_range_fail_with_one_line(tmp_path: Path, weights: Path) -> None:
+    """A threshold that is not a probability would write all-empty (or all-target) masks, and
+    a device torch cannot name a traceback; each is one line naming the option instead."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((70, 90), np.uint8)).save(image)
+    predict = ["predict", str(image), "--out", str(tmp_path / "o"), "--weights", str(weights)]
+    evaluate = ["evaluate", str(tmp_path / "no-data"), "--split", "test", "--weights", str(weights)]
+    cases = [
+        ([*predict, "--threshold", "2"], "threshold: expected a probability in (0, 1), got 2.0"),
+        ([*predict, "--threshold", "0"], "threshold: expected a probability in (0, 1), got 0.0"),
+        ([*predict, "--batch-size", "0"], "batch_size: expected an integer >= 1, got 0"),
+        ([*predict, "--device", "tpu"], "device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ([*evaluate, "--threshold", "-1"], "threshold: expected a probability in (0, 1), got -1.0"),
+        ([*evaluate, "--threshold", "nan"], "threshold: expected a probability in (0, 1), got nan"),
+    ]
+    for args, needle in cases:
+        one_line_error(CliRunner().invoke(cli, args), needle)
+    assert not (tmp_path / "o").exists()
+
+
 def test_predict_missing_weights(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((70, 90), np.uint8)).save(tmp_path / "a.png")
     result = CliRunner().invoke(

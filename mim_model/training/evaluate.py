@@ -10,7 +10,12 @@ from typing import Any
 
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
 from mim_model.training.flip_agreement import check_flip_options, predict_masks
-from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
+from mim_model.training.inference import (
+    check_inference_options,
+    predict_probs,
+    weights_input_scale,
+    weights_threshold,
+)
 from mim_model.training.metrics import IRSTDMetrics
 
 __all__ = ["evaluate"]
@@ -73,11 +78,16 @@ def evaluate(
         Weights missing, unreadable or not matching the network.
     FlipAgreementError
         ``flip_agreement`` together with ``flip_tta``.
+    InferenceOptionError
+        A threshold outside (0, 1) or a ``batch_size`` < 1.
+    TrainError
+        A device that is not auto, cpu, cuda or cuda:N, or is not there.
     """
     from mim_model.training.train import resolve_device
     from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, load_refiner
 
     check_flip_options(flip_tta=flip_tta, flip_agreement=flip_agreement)
+    check_inference_options(threshold=threshold, batch_size=batch_size)
     t0 = time.monotonic()
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)

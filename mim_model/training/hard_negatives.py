@@ -182,14 +182,18 @@ def find_hard_negatives(
     WeightsError
         Weights missing, unreadable or not matching the network.
     HardNegativesError
-        A threshold outside (0, 1), or a negative ``clear_px``.
+        A threshold outside (0, 1), a ``batch_size`` < 1 or a negative ``clear_px``.
     """
-    from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
+    from mim_model.training.inference import (
+        check_inference_options,
+        predict_probs,
+        weights_input_scale,
+        weights_threshold,
+    )
     from mim_model.training.train import resolve_device
     from mim_model.weights import DEFAULT_WEIGHTS_PATH, load_model, load_refiner
 
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise HardNegativesError(f"threshold: expected a probability in (0, 1), got {threshold}")
+    check_inference_options(threshold=threshold, batch_size=batch_size, error=HardNegativesError)
     _check_clear_px(clear_px)
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)

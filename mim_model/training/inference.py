@@ -35,7 +35,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from mim_model.errors import InputShapeError
+from mim_model.errors import InputShapeError, MiMError
 from mim_model.refiner import OutlineRefiner, refine_probs
 from mim_model.training.preprocess import to_model_input
 
@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "InferenceOptionError",
     "SIDE_MULTIPLE_PX",
     "TTA_FLIP_DIMS",
     "autocast_for",
     "axis_tiles",
+    "check_inference_options",
     "flip_averaged",
     "model_probabilities",
     "padded_side",
@@ -60,6 +62,20 @@ SIDE_MULTIPLE_PX = 64
 
 #: Used when a weights file records no threshold (logit > 0).
 DEFAULT_THRESHOLD = 0.5
+
+
+class InferenceOptionError(MiMError, ValueError):
+    """An inference option outside its range (a threshold that is not a probability, ...)."""
+
+
+def check_inference_options(*, threshold: float | None, batch_size: int,
+                            error: type[Exception] = InferenceOptionError) -> None:
+    """Refuse a ``threshold`` outside (0, 1) (None: the weights' own) and a ``batch_size`` < 1,
+    which would give all-empty or all-target masks, or no answer, instead of an error."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise error(f"threshold: expected a probability in (0, 1), got {threshold}")
+    if batch_size < 1:
+        raise error(f"batch_size: expected an integer >= 1, got {batch_size}")
 
 
 def _metadata_float(model: object, key: str, default: float) -> float:

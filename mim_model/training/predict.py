@@ -28,7 +28,12 @@ from PIL import Image, UnidentifiedImageError
 from mim_model.output_paths import make_output_dir
 from mim_model.training.data import DatasetError, load_grey01
 from mim_model.training.flip_agreement import check_flip_options, predict_masks
-from mim_model.training.inference import predict_probs, weights_input_scale, weights_threshold
+from mim_model.training.inference import (
+    check_inference_options,
+    predict_probs,
+    weights_input_scale,
+    weights_threshold,
+)
 
 __all__ = ["predict"]
 
@@ -115,15 +120,22 @@ def predict(
         Weights missing, unreadable or not matching the network.
     FlipAgreementError
         ``flip_agreement`` together with ``flip_tta``.
+    InferenceOptionError
+        A threshold outside (0, 1) or a ``batch_size`` < 1.
+    OutputPathError
+        A file where the output folder should be, or above it.
+    TrainError
+        A device that is not auto, cpu, cuda or cuda:N, or is not there.
     """
     from mim_model.training.train import resolve_device
     from mim_model.weights import load_model, load_refiner
 
     check_flip_options(flip_tta=flip_tta, flip_agreement=flip_agreement)
+    check_inference_options(threshold=threshold, batch_size=batch_size)
     inputs = [Path(p) for p in paths]
     _check_inputs(inputs)
-    out = make_output_dir(out_dir, "output folder")
     dev = resolve_device(device)
+    out = make_output_dir(out_dir, "output folder")
     model = load_model(weights, device=dev)
     t = weights_threshold(model) if threshold is None else float(threshold)
     scale = weights_input_scale(model)

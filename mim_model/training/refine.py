@@ -43,7 +43,7 @@ from mim_model.refiner import (
     refiner_features,
 )
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
-from mim_model.training.inference import predict_probs, weights_input_scale
+from mim_model.training.inference import check_inference_options, predict_probs, weights_input_scale
 from mim_model.training.loss import soft_iou_loss
 
 __all__ = ["RefinerError", "RefinerTrainConfig", "crop_centres", "fit_refiner", "refiner_crop", "train_refiner"]
@@ -263,6 +263,7 @@ def train_refiner(
     if out.exists() and not overwrite:
         raise RefinerError(f"out {out}: expected a path that does not exist yet (or --overwrite), got an existing file")
     check_output_file(out, "out", RefinerError)
+    check_inference_options(threshold=None, batch_size=batch_size, error=RefinerError)
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)
     model = load_model(source, device=dev)

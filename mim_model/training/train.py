@@ -345,18 +345,27 @@ def _tuples_restored(settings_class: type, raw: dict[str, Any]) -> dict[str, Any
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given.
+    """``"auto"`` -> CUDA when available, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given.
 
     Raises
     ------
     TrainError
-        If CUDA is asked for and is not available.
+        Another device name, CUDA asked for where it is not available, or an index past the
+        CUDA devices there are.
     """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise TrainError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainError(f"device: expected an available device, got {device!r} but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise TrainError(f"device: expected one of the {torch.cuda.device_count()} CUDA devices "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}), got {device!r}")
     return dev
 
 
