@@ -174,13 +174,21 @@ def run_job(spec: JobSpec, *, run_id: str | None = None) -> RunOutcome:
             status=EXIT_CODES[code], message=message, **extra,
         )
         path: Path | None = None
-        try:
-            path = _write_record(out, record)
-        except OSError as err:
-            log.error("cannot write the run record into %s: %s", out / RUNS_DIR, err)
+        if out.is_dir():  # not where the output folder itself could not be made
+            try:
+                path = _write_record(out, record)
+            except OSError as err:
+                log.error("cannot write the run record into %s: %s", out / RUNS_DIR, err)
         return RunOutcome(run_id, code, EXIT_CODES[code], message, path,
                           list(record.get("failed_tiles", [])), record)
 
+    from mim_model.output_paths import make_output_dir  # here: importing mim_model imports torch
+
+    try:
+        make_output_dir(out, f"{spec.source}: output", InputError)
+    except InputError as err:
+        log.info("%s", err)  # the caller prints the one-line outcome
+        return finish(EXIT_BAD_INPUT, str(err))
     try:
         with output_lock(out, run_id):
             code, message, extra = _run_locked(spec, run_id, record)

@@ -189,6 +189,19 @@ def test_run_exit_codes_and_record(small_job: Path, monkeypatch: pytest.MonkeyPa
         assert calls[-1]["resume"] is False and calls[-1]["overwrite"] is True
 
 
+def test_run_with_a_file_where_the_output_folder_goes_is_one_line_bad_input(tmp_path: Path) -> None:
+    _write_tif(tmp_path / "a.tif", (50, 60))
+    (tmp_path / "afile").write_text("x")
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: ['*.tif']\noutput: afile/out\n")
+    result = run_cli("run", str(job), "--run-id", "t-file")
+    assert result.exit_code == EXIT_BAD_INPUT
+    line = one_line_error(result, f"{job}: output {tmp_path / 'afile' / 'out'}: expected a folder",
+                          f"got a file at {tmp_path / 'afile'}")
+    assert line.startswith("irscan: bad_input: ")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 # ------------------------------------------------------------------ jobs/ entry points
 def test_cron_exit_code_for_bad_job_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
