@@ -49,6 +49,7 @@ from pipeline.infer import (
     InferenceSpec,
     TilePredictor,
     check_tile_scale,
+    check_weights,
     pad_batch,
     resolve_threshold,
     resolve_weights_path,
@@ -684,6 +685,7 @@ def run_scans(
     from pipeline.postprocess import postprocess_scene
 
     wall_start = time.time()
+    check_weights(config.inference)  # before anything is made, and not first inside a Ray actor
     out = make_output_dir(out_dir, "output folder", InputError)
     with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)

@@ -179,6 +179,19 @@ def test_output_folder_under_a_file_fails_with_one_line_before_any_scene_is_read
     assert blocker.read_text() == "x"
 
 
+def test_weights_of_another_network_fail_with_one_line_before_any_output(tmp_path):
+    from safetensors.torch import save_file
+
+    scene = _write(tmp_path / "s.tif", np.ones((64, 64), np.uint16))
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(3)}, str(other))
+    code, output = _error_line([str(scene), "--out", str(tmp_path / "o"), "--weights", str(other)])
+    assert code != 0
+    assert output.startswith(f"irscan: error: {other}: weights do not match the MiM network: ")
+    assert len(output.splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # checked before the folder, so before Ray and its actors
+
+
 def test_existing_output_is_refused_unless_overwrite(local_ray, random_weights, tmp_path):
     scene = _write(tmp_path / "again.tif", np.random.default_rng(4).integers(1, 999, (64, 64)).astype(np.uint16))
     args = [str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
