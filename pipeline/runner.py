@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -66,7 +67,7 @@ from pipeline.vectorize import Detection, sort_detections
 from pipeline.write_vectors import detections_frame, write_detections
 from pipeline.write_zarr import MASK_ZARR, create_mask_store, open_mask_store, write_core
 
-__all__ = ["run_scans", "SceneResult", "connect_ray", "prepare_scene_dirs"]
+__all__ = ["run_scans", "SceneResult", "check_ray_address", "connect_ray", "prepare_scene_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -202,20 +203,62 @@ class InferenceActor:
 
 
 # ---------------------------------------------------------------------------- ray set-up
+def _ray_address(config: ScanConfig) -> str | None:
+    """``--ray-address``, else ``RAY_ADDRESS``, else None (a local Ray is started)."""
+    return config.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
+    """Refuse a Ray head that is not there before any work, with one line: Ray itself retries
+    an unreachable ``HOST:PORT`` for minutes. ``auto`` (a cluster on this machine) is checked
+    when Ray is joined (:func:`connect_ray`).
+
+    Raises
+    ------
+    InputError
+        The address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``, or nothing
+        answers there within ``timeout_s``.
+    """
+    address = _ray_address(config)
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port.isdigit():
+        raise InputError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    if ray.is_initialized():  # connect_ray keeps the connection there is
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"ray address {address}: expected a running Ray head there, got "
+                         f"{exc.strerror or type(exc).__name__} connecting to {host}:{port}") from None
+
+
 def connect_ray(config: ScanConfig) -> bool:
-    """Join ``--ray-address``/``RAY_ADDRESS``, or start a local Ray. True if we started it."""
+    """Join ``--ray-address``/``RAY_ADDRESS``, or start a local Ray. True if we started it.
+
+    Raises
+    ------
+    InputError
+        The address names no running Ray cluster (see :func:`check_ray_address`).
+    """
     if ray.is_initialized():
         return False
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    address = _ray_address(config)
     runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("IRSCAN_")}}
     if address:
+        check_ray_address(config)
         log.info("joining the Ray cluster at %s", address)
-        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-            # inside `ray job submit`: the job's own runtime_env applies; Ray refuses a second one
-            # that sets the same variables
-            ray.init(address=address, log_to_driver=True)
-        else:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+                # inside `ray job submit`: the job's own runtime_env applies; Ray refuses a second
+                # one that sets the same variables
+                ray.init(address=address, log_to_driver=True)
+            else:
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except ConnectionError as exc:
+            raise InputError(f"ray address {address}: expected a running Ray cluster, got: {exc}") from None
         return False
     log.info("starting a local Ray (dashboard %s)", "on 127.0.0.1" if config.ray.dashboard else "off")
     ray.init(
@@ -686,6 +729,7 @@ def run_scans(
 
     wall_start = time.time()
     check_weights(config.inference)  # before anything is made, and not first inside a Ray actor
+    check_ray_address(config)
     out = make_output_dir(out_dir, "output folder", InputError)
     with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)

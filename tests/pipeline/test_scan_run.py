@@ -192,6 +192,32 @@ def test_weights_of_another_network_fail_with_one_line_before_any_output(tmp_pat
     assert not (tmp_path / "o").exists()  # checked before the folder, so before Ray and its actors
 
 
+def test_a_ray_address_with_no_cluster_fails_with_one_line_before_any_output(random_weights, tmp_path):
+    """Ray itself retries an unreachable head for minutes; irscan refuses it at once. A fresh
+    process: a Ray started by other tests here would be kept instead of the address."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scene = _write(tmp_path / "s.tif", np.ones((64, 64), np.uint16))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "scan", str(scene), "--out", str(tmp_path / "o"),
+         "--weights", str(random_weights), "--ray-address", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"irscan: error: ray address 127.0.0.1:{port}: expected a running Ray head there, "
+                                   f"got Connection refused connecting to 127.0.0.1:{port}")
+    assert not (tmp_path / "o").exists()
+    code, output = _error_line([str(scene), "--out", str(tmp_path / "o"), "--weights", str(random_weights),
+                                "--ray-address", "head-without-port"])
+    assert code != 0
+    assert output == "irscan: error: ray address: expected auto, HOST:PORT or ray://HOST:PORT, got 'head-without-port'"
+
+
 def test_existing_output_is_refused_unless_overwrite(local_ray, random_weights, tmp_path):
     scene = _write(tmp_path / "again.tif", np.random.default_rng(4).integers(1, 999, (64, 64)).astype(np.uint16))
     args = [str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
