@@ -115,28 +115,29 @@ def read_split(data_dir: str | Path, split: str, split_dir: str = DEFAULT_SPLIT_
     return ids
 
 
-def load_grey(path: str | Path) -> npt.NDArray[np.uint8]:
-    """An image file as 8-bit grey (H, W), via PIL ``convert("L")``.
+def load_grey(path: str | Path, what: str = "image") -> npt.NDArray[np.uint8]:
+    """An image file as 8-bit grey (H, W), via PIL ``convert("L")``; ``what`` names the file
+    in errors (``"mask"``).
 
     Raises
     ------
     DatasetError
         If the file is missing or PIL cannot read it.
     """
-    return np.asarray(_open_image(path).convert("L"), dtype=np.uint8)
+    return np.asarray(_open_image(path, what).convert("L"), dtype=np.uint8)
 
 
-def _open_image(path: str | Path) -> Image.Image:
+def _open_image(path: str | Path, what: str = "image") -> Image.Image:
     """The image file, loaded by PIL; a missing or unreadable file is a DatasetError."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"image {path}: expected an image file, got none there")
+        raise DatasetError(f"{what} {path}: expected an image file, got none there")
     try:
         with Image.open(path) as im:
             im.load()
             return im.copy()
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(f"image {path}: expected an image PIL can read, got {type(err).__name__}: {err}") from err
+        raise DatasetError(f"{what} {path}: expected an image PIL can read, got {type(err).__name__}: {err}") from err
 
 
 def load_grey01(path: str | Path) -> npt.NDArray[np.float32]:
@@ -178,7 +179,7 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     DatasetError
         If the file is missing or unreadable, or its size differs from ``expected_hw``.
     """
-    mask = load_grey(path) > 127
+    mask = load_grey(path, "mask") > 127
     if expected_hw is not None and mask.shape != tuple(expected_hw):
         raise DatasetError(
             f"mask {path}: expected the image's size (H, W) = {tuple(expected_hw)}, got {mask.shape}"

@@ -59,6 +59,10 @@ def test_unreadable_and_missing_images(tiny_sirst: Path) -> None:
     (tiny_sirst / "images" / "Misc_325.png").unlink()
     with pytest.raises(DatasetError, match=r"Misc_325\.png: expected an image file, got none there"):
         SirstSplit.load(tiny_sirst, "val")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tiny_sirst / "images" / "Misc_325.png")
+    (tiny_sirst / "masks" / "Misc_325_pixels0.png").unlink()
+    with pytest.raises(DatasetError, match=r"^mask .*Misc_325_pixels0\.png: expected an image file, got none there$"):
+        SirstSplit.load(tiny_sirst, "val")
 
 
 def test_load_grey01_stretches_16_bit(tmp_path: Path) -> None:
