@@ -136,6 +136,8 @@ def test_predict_unreadable_image(tmp_path: Path, weights: Path) -> None:
     one_line_error(result, "broken.png")
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
     one_line_error(result, "absent.png")
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path), "--out", str(tmp_path / "o")])
+    one_line_error(result, f"image {tmp_path}: expected an image file, got a folder")
 
 
 def test_outputs_under_a_file_fail_with_one_line_before_any_work(tmp_path: Path, weights: Path) -> None:

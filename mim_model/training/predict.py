@@ -45,6 +45,8 @@ def _check_inputs(paths: Sequence[Path]) -> None:
         raise DatasetError("images: expected at least one image path, got none")
     stems: dict[str, Path] = {}
     for path in paths:
+        if path.is_dir():
+            raise DatasetError(f"image {path}: expected an image file, got a folder (pass its images: {path}/*.png)")
         if not path.is_file():
             raise DatasetError(f"image {path}: expected an image file, got none there")
         try:
