@@ -13,7 +13,8 @@ is also fitted (seed 0) to that network on ``--refit-split`` and its refiner alo
 :func:`mim_model.weights.save_safetensors`). With ``--flip-agreement`` every scoring is
 repeated with :mod:`mim_model.training.flip_agreement` (the network's val probabilities of
 the three flipped images are computed once; each fit refines them in their own orientation),
-reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"). With ``--closing``
+reported under ``flip_agreement`` (docs/benchmarks.md, "Flip agreement"), and with two of the
+three flipped passes enough, under ``flip_majority`` ("Flip majority"). With ``--closing``
 each fit's refined masks are also scored closed once and twice
 (:func:`close_mask`; not adopted, so it lives here), under ``close1`` and ``close2``
 (docs/benchmarks.md, "Closing the mask"). With ``--sweep`` each fit is also scored at the
@@ -113,9 +114,13 @@ def _score_masks(predicted: Iterable[np.ndarray], masks: Iterable[np.ndarray]) -
 
 
 def _agreed_scores(probs: list[np.ndarray], flipped: list[list[np.ndarray]], masks: list[np.ndarray],
-                   threshold: float) -> dict:
-    """Scores of the flip-agreed masks; ``flipped[k][i]``: pass k of image i, on the image's grid."""
-    return _score_masks((keep_agreed(prob, [f[i] for f in flipped], threshold) for i, prob in enumerate(probs)), masks)
+                   threshold: float) -> dict[str, dict]:
+    """Scores of the flip-agreed masks, under ``flip_agreement`` (every flipped pass must see
+    a component) and ``flip_majority`` (two of the three); ``flipped[k][i]``: pass k of image
+    i, on the image's grid."""
+    return {key: _score_masks((keep_agreed(prob, [f[i] for f in flipped], threshold, min_seen)
+                               for i, prob in enumerate(probs)), masks)
+            for key, min_seen in (("flip_agreement", None), ("flip_majority", 2))}
 
 
 def _fit_and_score(job: dict) -> dict:
@@ -154,7 +159,7 @@ def _fit_and_score(job: dict) -> dict:
         flipped = [[np.flip(refine_probs(refiner, np.flip(img, axes), np.flip(prob, axes)), axes)
                     for img, prob in zip(cache["val_images"], probs, strict=True)]
                    for axes, probs in zip(FLIP_AXES, cache["val_flip_probs"], strict=True)]
-        result["flip_agreement"] = _agreed_scores(refined, flipped, list(cache["val_masks"]), threshold)
+        result.update(_agreed_scores(refined, flipped, list(cache["val_masks"]), threshold))
     return result
 
 
@@ -242,7 +247,7 @@ def main() -> None:
         extra = {}
         if args.flip_agreement:
             flipped = [_probs(weights, val, args.device, axes, scales)[1] for axes in FLIP_AXES]
-            line["flip_agreement"] = _agreed_scores(val_probs, flipped, val.masks, threshold)
+            line.update(_agreed_scores(val_probs, flipped, val.masks, threshold))
             extra["val_flip_probs"] = np.empty((len(FLIP_AXES), len(val_probs)), dtype=object)
             for k, answers in enumerate(flipped):
                 extra["val_flip_probs"][k, :] = answers
@@ -284,7 +289,8 @@ def main() -> None:
                               for k in ("iou", "niou", "pd", "fa", "false_alarm_px")},
                            **{variant: {f"mean_{k}": round(float(np.mean([r[variant][k] for r in scored])), 6)
                                         for k in ("iou", "niou", "pd", "fa", "false_alarm_px")}
-                              for variant in ("flip_agreement", "close1", "close2") if all(variant in r for r in scored)},
+                              for variant in ("flip_agreement", "flip_majority", "close1", "close2")
+                              if all(variant in r for r in scored)},
                            "min_pd_by_network": {n: min(r["pd"] for r in scored if r["network"] == n)
                                                  for n in sorted({r["network"] for r in scored})}}
                 print(json.dumps(summary), flush=True)

@@ -46,9 +46,11 @@ def check_flip_options(*, flip_tta: bool, flip_agreement: bool) -> None:
 
 
 def keep_agreed(
-    prob: npt.NDArray[np.floating], flipped_probs: Sequence[npt.NDArray[np.floating]], threshold: float
+    prob: npt.NDArray[np.floating], flipped_probs: Sequence[npt.NDArray[np.floating]], threshold: float,
+    min_seen: int | None = None,
 ) -> npt.NDArray[np.bool_]:
-    """The mask ``prob > threshold`` less its components that some other answer misses.
+    """The mask ``prob > threshold`` less its components that other answers miss: that any
+    one misses, or with ``min_seen`` that fewer than ``min_seen`` of them see.
 
     Parameters
     ----------
@@ -58,34 +60,42 @@ def keep_agreed(
         Probabilities of the other passes, already flipped back onto the image's grid.
     threshold : float
         One threshold for all passes (the weights').
+    min_seen : int, optional
+        How many of ``flipped_probs`` must see a component (1 to their number); None: all.
 
     Returns
     -------
     ndarray of bool (H, W)
-        The components of ``prob > threshold`` inside which every ``flipped_probs`` map also
-        exceeds ``threshold`` at one pixel at least.
+        The components of ``prob > threshold`` inside which every ``flipped_probs`` map (or
+        ``min_seen`` of them) also exceeds ``threshold`` at one pixel at least.
 
     Raises
     ------
     InputShapeError
         If a map is not 2-D or the shapes differ.
+    ValueError
+        If ``min_seen`` is not between 1 and the number of ``flipped_probs``.
     """
     prob = np.asarray(prob)
     if prob.ndim != 2:
         raise InputShapeError(f"prob: expected a 2-D (H, W) map, got shape {prob.shape}")
+    if min_seen is not None and not 1 <= min_seen <= len(flipped_probs):
+        raise ValueError(f"min_seen: expected 1 to {len(flipped_probs)} (the other answers), got {min_seen}")
+    needed = len(flipped_probs) if min_seen is None else min_seen
     mask = prob > threshold
     labels, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if n == 0:
         return mask
-    seen_by_all = np.ones(n + 1, dtype=bool)
+    seen_by = np.zeros(n + 1, dtype=np.int32)
     for k, other in enumerate(flipped_probs):
         other = np.asarray(other)
         if other.shape != prob.shape:
             raise InputShapeError(f"flipped_probs[{k}]: expected shape {prob.shape}, got {other.shape}")
         hits = np.bincount(labels[other > threshold], minlength=n + 1)
-        seen_by_all &= hits > 0
-    seen_by_all[0] = False
-    return seen_by_all[labels]
+        seen_by += hits > 0
+    kept = seen_by >= needed
+    kept[0] = False
+    return kept[labels]
 
 
 def predict_agreed(

@@ -48,6 +48,26 @@ def test_keep_agreed_keeps_whole_components_every_flip_touches() -> None:
     assert kept.sum() == 16 + 42
 
 
+def test_keep_agreed_with_min_seen_keeps_what_enough_passes_see() -> None:
+    prob, where = _blobs()
+    flipped = [np.zeros_like(prob) for _ in range(3)]
+    for f in flipped:
+        f[where["seen_by_all"]] = 0.7
+    flipped[0][where["missed_once"]] = 0.95   # seen by two of the three passes
+    flipped[1][where["missed_once"]] = 0.95
+    flipped[2][31, 46] = 0.6                   # "one_pixel_each" seen by one pass only
+    two = keep_agreed(prob, flipped, 0.5, min_seen=2)
+    assert two[where["seen_by_all"]].all() and two[where["missed_once"]].all()
+    assert not two[where["one_pixel_each"]].any()
+    one = keep_agreed(prob, flipped, 0.5, min_seen=1)
+    np.testing.assert_array_equal(one, prob > 0.5)
+    np.testing.assert_array_equal(keep_agreed(prob, flipped, 0.5, min_seen=3), keep_agreed(prob, flipped, 0.5))
+    assert keep_agreed(prob, flipped, 0.5, min_seen=3).sum() == 16
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=f"min_seen: expected 1 to 3 \\(the other answers\\), got {bad}"):
+            keep_agreed(prob, flipped, 0.5, min_seen=bad)
+
+
 def test_keep_agreed_edge_cases() -> None:
     prob, _ = _blobs()
     assert not keep_agreed(np.zeros((5, 5)), [np.ones((5, 5))], 0.5).any()
