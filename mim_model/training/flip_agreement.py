@@ -73,14 +73,14 @@ def keep_agreed(
     ------
     InputShapeError
         If a map is not 2-D or the shapes differ.
-    ValueError
+    FlipAgreementError
         If ``min_seen`` is not between 1 and the number of ``flipped_probs``.
     """
     prob = np.asarray(prob)
     if prob.ndim != 2:
         raise InputShapeError(f"prob: expected a 2-D (H, W) map, got shape {prob.shape}")
     if min_seen is not None and not 1 <= min_seen <= len(flipped_probs):
-        raise ValueError(f"min_seen: expected 1 to {len(flipped_probs)} (the other answers), got {min_seen}")
+        raise FlipAgreementError(f"min_seen: expected 1 to {len(flipped_probs)} (the other answers), got {min_seen}")
     needed = len(flipped_probs) if min_seen is None else min_seen
     mask = prob > threshold
     labels, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)

@@ -64,7 +64,7 @@ def test_keep_agreed_with_min_seen_keeps_what_enough_passes_see() -> None:
     np.testing.assert_array_equal(keep_agreed(prob, flipped, 0.5, min_seen=3), keep_agreed(prob, flipped, 0.5))
     assert keep_agreed(prob, flipped, 0.5, min_seen=3).sum() == 16
     for bad in (0, 4):
-        with pytest.raises(ValueError, match=f"min_seen: expected 1 to 3 \\(the other answers\\), got {bad}"):
+        with pytest.raises(FlipAgreementError, match=f"min_seen: expected 1 to 3 \\(the other answers\\), got {bad}"):
             keep_agreed(prob, flipped, 0.5, min_seen=bad)
 
 
