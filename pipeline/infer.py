@@ -36,8 +36,8 @@ from mim_model.weights import (
 from pipeline.errors import InputError
 
 __all__ = [
-    "InferenceSpec", "TilePredictor", "check_tile_scale", "check_weights", "pad_batch", "resolve_device", "resolve_input_scale",
-    "resolve_threshold", "resolve_weights_path", "scaled_side_px",
+    "InferenceSpec", "TilePredictor", "check_tile_scale", "check_weights", "pad_batch", "resolve_device",
+    "resolve_input_scale", "resolve_threshold", "resolve_weights_path", "scaled_side_px",
 ]
 
 log = logging.getLogger(__name__)
