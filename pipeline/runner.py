@@ -238,17 +238,19 @@ def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
 def connect_ray(config: ScanConfig) -> bool:
     """Join ``--ray-address``/``RAY_ADDRESS``, or start a local Ray. True if we started it.
 
+    :func:`run_scans` has checked the address with :func:`check_ray_address` before any
+    output was made; here Ray's own refusal (``auto`` with no cluster) becomes one line.
+
     Raises
     ------
     InputError
-        The address names no running Ray cluster (see :func:`check_ray_address`).
+        The address names no running Ray cluster.
     """
     if ray.is_initialized():
         return False
     address = _ray_address(config)
     runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("IRSCAN_")}}
     if address:
-        check_ray_address(config)
         log.info("joining the Ray cluster at %s", address)
         try:
             if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
