@@ -152,6 +152,12 @@ class MiM(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_decoder_maps(x)[0]
+
+    def forward_with_decoder_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Logits as :meth:`forward`, and the decoder's two coarser maps (``u3`` at H/16 with
+        ``outer_dims[2]`` channels, ``u2`` at H/8 with ``outer_dims[1]``) for deep supervision
+        in training (:mod:`mim_model.training.deep_supervision`)."""
         check_input_shape(tuple(x.shape), self.config.in_chans, self.config.side_multiple_px)
         if x.shape[1] == 1 and self.config.in_chans != 1:
             x = x.expand(-1, self.config.in_chans, -1, -1)
@@ -160,4 +166,4 @@ class MiM(nn.Module):
         u2 = self.uplayer2(self.deconv2(u3) + t2)
         u1 = self.uplayer1(self.deconv1(u2) + t1)
         logits = self.head(u1)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), (u3, u2)

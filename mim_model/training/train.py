@@ -26,6 +26,9 @@ Recipe (ours; the paper's is not public, spec section 4)
   A step is launch-bound on an H100 (crop 256: 84 ms at batch 16, 111 ms at 32, 190 ms at
   64), so batch 32 is nearly free. One H100 trial at scale 1 (350-epoch schedule, stopped
   at epoch 282 after 8.3 min) reached val IoU 0.677, nIoU 0.649, Pd 0.928, Fa 2.3e-5.
+* Deep supervision (``deep_supervision`` > 0, off by default): side outputs on the
+  decoder's two coarser maps add their mean loss, so weighted
+  (:mod:`mim_model.training.deep_supervision`); only the network is averaged and exported.
 * Mixed precision: bf16 autocast on CUDA (no loss scaling needed); the selective scan
   casts to float32 inside, the loss is computed in float32.
 * Weight averaging (``ema_decay`` > 0): an exponential moving average of the weights
@@ -87,6 +90,7 @@ from torch import nn
 from mim_model.errors import MiMError, WeightsError
 from mim_model.output_paths import make_output_dir
 from mim_model.training import distributed
+from mim_model.training.deep_supervision import DeeplySupervisedMiM, deeply_supervised_loss
 from mim_model.training.data import Augment, EpochSampler, SirstSplit, TrainCrops, read_split, split_summary
 from mim_model.training.hard_negatives import HardNegativePool, read_hard_negatives
 from mim_model.training.inference import autocast_for, predict_probs
@@ -224,6 +228,10 @@ class TrainConfig:
         Stochastic depth in training: the last block's share of images whose residual
         branches are dropped, rising linearly from 0 at the first block
         (:class:`mim_model.config.MiMConfig`); 0: off. The exported weights do not depend on it.
+    deep_supervision : float
+        Weight of the mean loss of side outputs on the decoder's two coarser maps
+        (:mod:`mim_model.training.deep_supervision`) added to the loss; 0: off. The side
+        heads exist only in training: the exported weights are the plain network.
     """
 
     data_dir: str
@@ -266,6 +274,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     ema_warmup: bool = True
     drop_path_rate: float = 0.0
+    deep_supervision: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> TrainError:
@@ -300,6 +309,8 @@ class TrainConfig:
             raise bad("land_val_crops", "an integer >= 0")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise bad("drop_path_rate", "a rate in [0, 1)")
+        if not 0.0 <= self.deep_supervision <= 10.0:
+            raise bad("deep_supervision", "a loss weight in [0, 10]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "a decay in [0, 1)")
         if not 0 < self.threshold_without_val < 1:
@@ -638,7 +649,10 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     model = build_model(cfg.layout, cfg.drop_path_rate).to(device)
     if workers.parallel and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and state-dict keys
-    optimizer = _make_optimizer(model, cfg)
+    # deep supervision: the optimised module is the network with its training-only side heads
+    supervised = DeeplySupervisedMiM(model).to(device) if cfg.deep_supervision > 0 else None
+    optimised: nn.Module = supervised if supervised is not None else model
+    optimizer = _make_optimizer(optimised, cfg)
     sampler = EpochSampler(len(train_split), seed=cfg.seed, repeats=cfg.epoch_repeats,
                            rank=workers.rank, world=workers.world, batch_size=cfg.batch_size)
     loader = torch.utils.data.DataLoader(
@@ -679,6 +693,18 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
                 saved["base_lrs"][0] * lr_factor(step), step,
             )
         model.load_state_dict(ckpt["model"])
+        if supervised is not None:
+            if ckpt.get("decoder_heads") is None:
+                raise TrainError(
+                    f"checkpoint {last_path}: expected decoder side heads (deep_supervision "
+                    f"{cfg.deep_supervision}), got a run trained without them; use another --out or --no-resume"
+                )
+            supervised.heads.load_state_dict(ckpt["decoder_heads"])
+        elif ckpt.get("decoder_heads") is not None:
+            raise TrainError(
+                f"checkpoint {last_path}: expected a run without deep supervision (deep_supervision 0), "
+                f"got one trained with it ({old.get('deep_supervision')}); use another --out or --no-resume"
+            )
         resumed_average = ckpt.get("ema_model")
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -708,10 +734,10 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
     trained = (
         # find_unused_parameters: the backbone's final norm (kept for the official weights' keys) is unused
         nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            optimised, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
         if workers.parallel
-        else model
+        else optimised
     )
     log.info(
         "training %s on %s: %d train images (%s), %d val, %d steps/epoch, epochs %d..%d, device %s%s",
@@ -752,12 +778,15 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
             image01 = image01.to(device, non_blocking=True)
             mask = mask.to(device, non_blocking=True)
             with autocast_for(device, cfg.amp):
-                logits = trained(to_model_input(image01))
-            loss = loss_fn(logits, mask)
+                output = trained(to_model_input(image01))
+            if supervised is not None:
+                loss = deeply_supervised_loss(loss_fn, *output, mask, cfg.deep_supervision)
+            else:
+                loss = loss_fn(output, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                nn.utils.clip_grad_norm_(optimised.parameters(), cfg.grad_clip_norm)
             optimizer.step()
             scheduler.step()
             if average is not None:
@@ -824,6 +853,7 @@ def train(config: TrainConfig, *, resume: bool = True, max_epochs_this_run: int 
                     "format": CHECKPOINT_FORMAT,
                     "model": model.state_dict(),
                     "ema_model": average.model.state_dict() if average is not None else None,
+                    "decoder_heads": supervised.heads.state_dict() if supervised is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch + 1,
@@ -945,6 +975,9 @@ def _model_card(meta: dict[str, str], weights_path: Path, report: dict[str, Any]
         *([f"- Stochastic depth in training: residual branches dropped for up to {cfg['drop_path_rate']:.0%} of the "
            "images (the last block; linear from 0 at the first); the network here is the plain one."]
           if cfg.get("drop_path_rate") else []),
+        *([f"- Deep supervision in training: side outputs on the decoder's H/16 and H/8 maps, their mean loss "
+           f"weighted {cfg['deep_supervision']}; the side heads are not part of these weights."]
+          if cfg.get("deep_supervision") else []),
         f"- Code: git {meta['git_commit']}; created {meta['created']}.",
         "",
         "## Results (IoU, nIoU, Pd as fractions; Fa per pixel)",

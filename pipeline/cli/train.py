@@ -108,6 +108,9 @@ def _show_progress(ctx: click.Context) -> None:
 @click.option("--drop-path-rate", type=float,
               help="Stochastic depth in training: the last block drops its residual branches for this share "
                    "of the images, the first for none, linear between (0: off; the weights do not keep it). [0]")
+@click.option("--deep-supervision", type=float,
+              help="Add side outputs on the decoder's H/16 and H/8 maps to the loss with this weight "
+                   "(training only; the weights do not keep them; 0: off). [0]")
 @click.option("--init-weights", type=click.Path(dir_okay=False), help="Safetensors weights to fine-tune from (fresh runs only).")
 @click.option("--init-any-scale", is_flag=True, default=None,
               help="Accept --init-weights trained at another --input-scale (to move weights to a finer scale).")

@@ -123,3 +123,15 @@ def test_two_processes_train_write_once_and_resume(tiny_sirst: Path, tmp_path: P
     odd = _torchrun(tiny_sirst, tmp_path / "odd", "--batch-size", "3", "--epochs", "1")
     assert odd.returncode != 0
     assert "irscan: error: train config batch_size: expected a multiple of the 2 training processes, got 3" in odd.stderr
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_two_processes_train_with_deep_supervision(tiny_sirst: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    run = _torchrun(tiny_sirst, out, "--batch-size", "4", "--epochs", "2", "--deep-supervision", "0.5")
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["config"]["deep_supervision"] == 0.5
+    assert set(last["decoder_heads"]) == {"side3.weight", "side3.bias", "side2.weight", "side2.bias"}
+    assert (out / "best.pt").is_file()
