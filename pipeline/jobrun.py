@@ -112,9 +112,14 @@ def check_run_id(run_id: str) -> str:
 def add_log_file(log_dir: str | os.PathLike[str], run_id: str, level: int = logging.INFO) -> Path:
     """Send the root logger's records (``level`` and up) to ``log_dir/<run_id>.log`` too."""
     folder = Path(log_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as err:
+        raise InputError(
+            f"log dir {folder}: expected a folder to write {path.name} into, got {err.strerror or err}"
+        ) from None
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -261,6 +261,7 @@ def _parse_scan(value: Any, source: str, base: Path) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _err(source, "scan", "a mapping of scan options", value)
     options: dict[str, Any] = {}
+    given_as: dict[str, Any] = {}  # option -> the key it was given as ('tile-px' and 'tile_px' are one option)
     for raw_key, option in value.items():
         key = str(raw_key).replace("-", "_")
         if key not in SCAN_OPTION_NAMES or key not in _SCAN_TYPES:
@@ -268,6 +269,12 @@ def _parse_scan(value: Any, source: str, base: Path) -> dict[str, Any]:
                 f"{source}: scan.{raw_key}: unknown scan option; expected one of "
                 + ", ".join(SCAN_OPTION_NAMES)
             )
+        if key in given_as:
+            raise JobSpecError(
+                f"{source}: scan.{raw_key}: expected each option once, got it also as"
+                f" scan.{given_as[key]} ({_show(value[given_as[key]])} and {_show(option)})"
+            )
+        given_as[key] = raw_key
         types, expected, choices = _SCAN_TYPES[key]
         ok = option is None and key in _NULLABLE
         if not ok and isinstance(option, types):
@@ -389,8 +396,34 @@ def parse_job(data: Any, source: str | os.PathLike[str]) -> JobSpec:
     return spec
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping (PyYAML keeps
+    the last one silently; YAML requires unique keys)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<: *anchor' keys may be overridden
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            earlier = first_line.get(key)
+        except TypeError:  # unhashable: SafeLoader refuses it below
+            continue
+        if earlier is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first at line {earlier + 1})", key_node.start_mark
+            )
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def load_job(path: str | os.PathLike[str]) -> JobSpec:
-    """Read and validate a job file (``yaml.safe_load`` only).
+    """Read and validate a job file (``yaml.safe_load``'s loader, refusing a key given twice).
 
     Parameters
     ----------
@@ -415,7 +448,7 @@ def load_job(path: str | os.PathLike[str]) -> JobSpec:
     except (OSError, UnicodeDecodeError) as err:
         raise JobSpecError(f"{p}: cannot read the job file ({err})") from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -658,6 +691,13 @@ def plan_job(spec: JobSpec) -> JobPlan:
     scenes: list[SceneWork] = []
     seen: dict[str, str] = {}
     out = Path(spec.output)
+    for candidate in (out, *out.parents):  # what `irscan run` refuses (it makes the folder)
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise JobSpecError(
+                    f"{spec.source}: output: expected a folder (or a place to make one), got a file at {candidate}"
+                )
+            break
     for path in paths:
         info = open_scene(path, band=config.band)
         if info.name in seen:

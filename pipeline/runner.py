@@ -95,6 +95,7 @@ class SceneRun:
     out_dir: Path
     tiles: list[Tile]
     ledger: TileLedger
+    replace: bool = False  # --overwrite of an existing output: removed once the run can start
     stats: NormalizationStats | None = None
     store_path: str = ""
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -301,7 +302,8 @@ def prepare_scene_dirs(
     """Validate every scene first (fail before any work), then lay out each output folder.
 
     ``resume`` False: an existing output folder is an error unless ``overwrite`` (then it is
-    removed). ``resume`` True: a folder from the same configuration is continued.
+    marked to be replaced, and removed only once Ray and the device are known to work).
+    ``resume`` True: a folder from the same configuration is continued.
     """
     infos = [open_scene(p, band=config.band) for p in scene_paths]
     names = [i.name for i in infos]
@@ -312,12 +314,11 @@ def prepare_scene_dirs(
     runs = []
     for info in infos:
         scene_dir = out_dir / info.name
-        if scene_dir.exists() and not resume:
-            if not config.overwrite:
-                raise OutputExistsError(f"{scene_dir}: output exists; pass --overwrite to replace it")
-            shutil.rmtree(scene_dir)
+        replace = scene_dir.exists() and not resume
+        if replace and not config.overwrite:
+            raise OutputExistsError(f"{scene_dir}: output exists; pass --overwrite to replace it")
         tiles = plan_tiles(info.grid.height_px, info.grid.width_px, config.tiling)
-        runs.append(SceneRun(info=info, out_dir=scene_dir, tiles=tiles, ledger=TileLedger(scene_dir)))
+        runs.append(SceneRun(info=info, out_dir=scene_dir, tiles=tiles, ledger=TileLedger(scene_dir), replace=replace))
     return runs
 
 
@@ -325,16 +326,56 @@ def _fingerprint_path(run: SceneRun) -> Path:
     return run.out_dir / STATE_DIR / "fingerprint.json"
 
 
+def _scene_identity(info: SceneInfo) -> dict[str, Any]:
+    """What tells one scene file from another of the same stem: grid, dtype, nodata and, for
+    a local file, its size and modification time in ns (a file replaced by a new one of the
+    same grid; a copy that does not keep the time counts as another file)."""
+    identity: dict[str, Any] = {
+        "shape": [info.grid.height_px, info.grid.width_px],
+        "transform": [float(v) for v in tuple(info.grid.transform)[:6]],
+        "crs_wkt": info.grid.crs_wkt,
+        "dtype": info.dtype,
+        "nodata": info.nodata,
+    }
+    if os.path.isfile(info.path):
+        stat = os.stat(info.path)
+        identity["file_size"] = stat.st_size
+        identity["file_mtime_ns"] = stat.st_mtime_ns
+    return identity
+
+
+def _resumes(run: SceneRun) -> bool:
+    """True when the run continues an existing output (its store and fingerprint are there)."""
+    return not run.replace and (run.out_dir / MASK_ZARR).exists() and _fingerprint_path(run).exists()
+
+
+def _check_resumable(run: SceneRun, fingerprint: str) -> None:
+    """Refuse to continue an output made with another configuration or from another version
+    of the scene file (:class:`OutputExistsError`); nothing is written. Outputs of versions
+    that did not record the scene are checked by configuration only."""
+    if not _resumes(run):
+        return
+    previous = json.loads(_fingerprint_path(run).read_text())
+    if previous.get("fingerprint") != fingerprint:
+        raise OutputExistsError(
+            f"{run.out_dir}: output exists from another configuration "
+            f"(fingerprint {previous.get('fingerprint')} != {fingerprint}); pass --overwrite"
+        )
+    before, scene = previous.get("scene"), _scene_identity(run.info)
+    changed = [k for k in scene if before is not None and json.dumps(before.get(k)) != json.dumps(scene[k])]
+    if changed:
+        key = changed[0]
+        raise OutputExistsError(
+            f"{run.out_dir}: output exists from another version of the scene {run.info.path}"
+            f" ({key}: expected {_show(before.get(key))}, got {_show(scene[key])}); pass --overwrite"
+        )
+
+
 def _open_or_create_store(run: SceneRun, config: ScanConfig, threshold: float, fingerprint: str) -> None:
+    """Continue the output that :func:`_check_resumable` accepted, or make it afresh."""
     store_path = run.out_dir / MASK_ZARR
     fp_file = _fingerprint_path(run)
-    if store_path.exists() and fp_file.exists():
-        previous = json.loads(fp_file.read_text())
-        if previous.get("fingerprint") != fingerprint:
-            raise OutputExistsError(
-                f"{run.out_dir}: output exists from another configuration "
-                f"(fingerprint {previous.get('fingerprint')} != {fingerprint}); pass --overwrite"
-            )
+    if _resumes(run):
         open_mask_store(store_path, mode="r+")
         run.finished = {
             tid: rec for tid, rec in run.ledger.load().items() if rec.get("status") in ("done", "skipped")
@@ -343,10 +384,11 @@ def _open_or_create_store(run: SceneRun, config: ScanConfig, threshold: float, f
         log.info("%s: resuming, %d of %d tiles already finished", run.info.name, len(run.finished), len(run.tiles))
     else:
         if run.out_dir.exists():
-            shutil.rmtree(run.out_dir)  # a half-created folder from a run that died early
+            shutil.rmtree(run.out_dir)  # --overwrite, or a half-created folder from a run that died early
         create_mask_store(store_path, run.info.grid, config.tiling, scene_name=run.info.name, threshold=threshold)
         fp_file.parent.mkdir(parents=True, exist_ok=True)
-        fp_file.write_text(json.dumps({"fingerprint": fingerprint, "config": config.to_dict()}, indent=1, default=str))
+        fp_file.write_text(json.dumps({"fingerprint": fingerprint, "config": config.to_dict(),
+                                       "scene": _scene_identity(run.info)}, indent=1, default=str))
     run.store_path = str(store_path)
 
 
@@ -622,6 +664,11 @@ class _Scheduler:
             run.done = True
 
 
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
@@ -743,9 +790,12 @@ def run_scans(
                    "input_scale": input_scale}
         fingerprint = config.output_fingerprint(weights_sha)
         for run in runs:
-            _open_or_create_store(run, config, threshold, fingerprint)
+            _check_resumable(run, fingerprint)
         started = connect_ray(config)
         try:
+            _actor_layout(config)  # a device the cluster lacks fails here, before any output is made or removed
+            for run in runs:
+                _open_or_create_store(run, config, threshold, fingerprint)
             stats = ray.get([_scene_stats.remote(r.info, config.normalization) for r in runs])
             for run, scene_stats in zip(runs, stats, strict=True):
                 run.stats = scene_stats

@@ -33,6 +33,7 @@ from typing import Any
 import click
 
 from pipeline.config import RayOptions, ScanConfig
+from pipeline.errors import InputError
 from pipeline.infer import InferenceSpec
 from pipeline.normalize import NormalizationSpec
 from pipeline.tiling import DEFAULT_HALO_PX, DEFAULT_TILE_PX, TilingSpec
@@ -119,6 +120,12 @@ def config_from_options(values: dict[str, Any]) -> ScanConfig:
     elif mode == "fixed":
         norm = NormalizationSpec(mode=mode, min_value=low, max_value=high)
     else:
+        if low is not None or high is not None:  # else ignored: the scene would map as if they were not given
+            name, value = ("norm_low", low) if low is not None else ("norm_high", high)
+            raise InputError(
+                f"{name}: expected only with norm percentile or fixed (norm {mode} takes the values as they are),"
+                f" got {value} with norm {mode}"
+            )
         norm = NormalizationSpec(mode=mode)
     return ScanConfig(
         tiling=TilingSpec(values.get("tile_px", DEFAULT_TILE_PX), values.get("halo_px", DEFAULT_HALO_PX)),

@@ -1,0 +1,185 @@
+"""User mistakes in `irscan scan`, `plan` and `run` that used to pass silently, leave a partial
+output or end in a traceback: each now gives one line and a non-zero exit, before any output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import ray
+import torch
+from click.testing import CliRunner
+
+from mim_model import MiM
+from mim_model.weights import save_safetensors
+from pipeline.cli.main import cli
+from pipeline.cli.options import config_from_options
+from pipeline.config import ScanConfig
+from pipeline.errors import InputError, JobSpecError, OutputExistsError
+from pipeline.infer import InferenceSpec
+from pipeline.jobspec import load_job
+from pipeline.runner import run_scans
+from pipeline.tiling import TilingSpec
+
+from ..conftest import UTM_CRS, UTM_TRANSFORM
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One real local Ray for the module (the runner joins it instead of starting its own)."""
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    return save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5"})
+
+
+def _write(path: Path, data: np.ndarray) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", count=1, height=data.shape[0], width=data.shape[1],
+                       dtype=data.dtype.name, crs=UTM_CRS, transform=UTM_TRANSFORM) as dataset:
+        dataset.write(data, 1)
+    return path
+
+
+def _scene(target: tuple[int, int]) -> np.ndarray:
+    data = np.random.default_rng(0).integers(1000, 1200, (128, 128)).astype(np.uint16)
+    data[target[0] - 1 : target[0] + 2, target[1] - 1 : target[1] + 2] = 5000
+    return data
+
+
+def _one_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_resuming_an_output_whose_scene_file_was_replaced_is_refused(local_ray, random_weights, tmp_path):
+    """A scene replaced by another of the same name and grid was 'resumed': every tile was on
+    record, so the run ended ok with the old scene's mask and detections."""
+    scene = _write(tmp_path / "latest.tif", _scene((30, 40)))
+    config = ScanConfig(tiling=TilingSpec(64, 0), inference=InferenceSpec(weights_path=str(random_weights), device="cpu"))
+    out = tmp_path / "out"
+    first = run_scans([str(scene)], out, config, resume=True, overviews=False, statistics=False)
+    assert first[0].tiles["done"] == 4
+    # the same file again resumes: nothing to do
+    again = run_scans([str(scene)], out, config, resume=True, overviews=False, statistics=False)
+    assert again[0].tiles["resumed"] == 4
+    report = (out / "latest" / "report.json").read_text()
+
+    _write(scene, _scene((100, 90)))  # tonight's scene: same name, same grid, other pixels
+    os.utime(scene, ns=(os.stat(scene).st_atime_ns, os.stat(scene).st_mtime_ns + 10**9))
+    with pytest.raises(OutputExistsError) as info:
+        run_scans([str(scene)], out, config, resume=True, overviews=False, statistics=False)
+    message = str(info.value)
+    assert message.startswith(f"{out / 'latest'}: output exists from another version of the scene {scene} (")
+    assert "expected" in message and "got" in message and message.endswith("pass --overwrite")
+    assert len(message.splitlines()) == 1
+    assert (out / "latest" / "report.json").read_text() == report  # the old outputs are left alone
+
+    # a scene of another grid under the same name: refused the same way, naming what differs
+    with rasterio.open(scene, "w", driver="GTiff", count=1, height=100, width=100, dtype="uint16",
+                       crs=UTM_CRS, transform=UTM_TRANSFORM) as dataset:
+        dataset.write(np.ones((100, 100), np.uint16), 1)
+    with pytest.raises(OutputExistsError, match=r"\(shape: expected \[128, 128\], got \[100, 100\]\)"):
+        run_scans([str(scene)], out, config, resume=True, overviews=False, statistics=False)
+
+
+def test_device_cuda_on_a_cluster_without_gpu_leaves_no_output(local_ray, random_weights, tmp_path):
+    """The refusal came after each scene's mask.zarr was made; the next scan into the same
+    folder then failed with 'output exists'."""
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this Ray cluster has a GPU")
+    scene = _write(tmp_path / "s.tif", _scene((30, 40)))
+    args = ["scan", str(scene), "--out", str(tmp_path / "out"), "--weights", str(random_weights),
+            "--tile-px", "64", "--halo-px", "0"]
+    line = _one_line(CliRunner().invoke(cli, [*args, "--device", "cuda"]))
+    assert line.startswith("irscan: error: device: cuda but the Ray cluster has no GPU")
+    assert not (tmp_path / "out" / "s").exists()
+    result = CliRunner().invoke(cli, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "s" / "report.json").read_text()
+    # --overwrite removed the old output before the device was checked: now it stays
+    line = _one_line(CliRunner().invoke(cli, [*args, "--device", "cuda", "--overwrite"]))
+    assert line.startswith("irscan: error: device: cuda but the Ray cluster has no GPU")
+    assert (tmp_path / "out" / "s" / "report.json").read_text() == report
+
+
+def test_norm_bounds_with_norm_none_are_refused(tmp_path):
+    """--norm none ignored --norm-low/--norm-high: the scan ran with values as they are."""
+    with pytest.raises(InputError, match=r"^norm_high: expected only with norm percentile or fixed .* got 3.0"):
+        config_from_options({"norm_mode": "none", "norm_high": 3.0})
+    assert config_from_options({"norm_mode": "none"}).normalization.mode == "none"
+    scene = _write(tmp_path / "s.tif", _scene((30, 40)))
+    line = _one_line(CliRunner().invoke(cli, ["scan", str(scene), "--out", str(tmp_path / "o"),
+                                              "--norm", "none", "--norm-low", "5"]))
+    assert line == ("irscan: error: norm_low: expected only with norm percentile or fixed (norm none takes the "
+                    "values as they are), got 5.0 with norm none")
+    assert not (tmp_path / "o").exists()
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\nscan: {norm_mode: none, norm_high: 3}\n")
+    with pytest.raises(JobSpecError, match=r"job.yaml: scan.norm_high: norm_high: expected only with"):
+        load_job(job)
+
+
+@pytest.mark.parametrize("scan, needle", [
+    ("scan:\n  tile-px: 128\n  tile_px: 256\n", "scan.tile_px: expected each option once, got it also as "
+                                                "scan.tile-px (128 and 256)"),
+    ("scan:\n  tile_px: 128\n  tile_px: 256\n", "not valid YAML at line 5, column 3: key 'tile_px' given twice "
+                                                "(first at line 4)"),
+    ("scan: {halo_px: 0, halo_px: 32}\n", "key 'halo_px' given twice"),
+    ("output: other\n", "not valid YAML at line 3, column 1: key 'output' given twice (first at line 2)"),
+])
+def test_a_job_key_given_twice_is_refused(tmp_path, scan, needle):
+    """YAML kept the last of two equal keys, and scan.tile-px / scan.tile_px were one option:
+    one of the two values was dropped without a word."""
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\n" + scan)
+    result = CliRunner().invoke(cli, ["plan", str(job)])
+    line = _one_line(result)
+    assert needle in line and "job.yaml" in line
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\nscan:\n  <<: {tile_px: 256, halo_px: 32}\n  tile_px: 128\n")
+    assert load_job(job).config.tiling == TilingSpec(128, 32)
+
+
+def test_plan_refuses_an_output_under_a_file(tmp_path):
+    """`irscan plan` passed a job whose output is a file, which `irscan run` then refuses."""
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    (tmp_path / "afile").write_text("x")
+    job = tmp_path / "job.yaml"
+    for output in ("afile", "afile/out"):
+        job.write_text(f"inputs: [s.tif]\noutput: {output}\n")
+        for args in (["plan", str(job)], ["plan", "--json", str(job)]):
+            line = _one_line(CliRunner().invoke(cli, args))
+            assert line == (f"irscan: error: {job}: output: expected a folder (or a place to make one), "
+                            f"got a file at {tmp_path / 'afile'}")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_run_log_dir_under_a_file_is_one_line(tmp_path):
+    """`irscan run JOB --log-dir afile/logs` ended in a NotADirectoryError traceback, exit 1
+    (the code for 'some tiles failed')."""
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    (tmp_path / "afile").write_text("x")
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\n")
+    result = CliRunner().invoke(cli, ["run", str(job), "--run-id", "r1", "--log-dir", str(tmp_path / "afile" / "logs")])
+    line = _one_line(result)
+    assert line == f"irscan: error: log dir {tmp_path / 'afile' / 'logs'}: expected a folder to write r1.log into, " \
+                   "got Not a directory"
+    assert not (tmp_path / "o").exists()
