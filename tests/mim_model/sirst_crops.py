@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mim_model.training.train import TrainConfig
+
 SIRST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sirst"
 needs_sirst = pytest.mark.skipif(not (SIRST / "images").is_dir(), reason="SIRST data not found at ../shared/data/sirst")
 
@@ -39,3 +41,13 @@ def tiny_sirst_at(root: Path) -> Path:
     if not (SIRST / "images").is_dir():
         pytest.skip("SIRST data not found at ../shared/data/sirst")
     return write_sirst_crops(root, {"train": TRAIN_IDS, "val": VAL_IDS}, (64, 64))
+
+
+def tiny_train_config(data: Path, out: Path, **overrides: object) -> TrainConfig:
+    """A CPU training config for the tiny folders: 64 px crops, batch 2, two epochs."""
+    base = dict(
+        data_dir=str(data), out_dir=str(out), crop_px=64, batch_size=2, epochs=2, num_workers=0,
+        eval_every=2, device="cpu", warmup_epochs=0.5, eval_thresholds=(0.3, 0.5, 0.7),
+    )
+    base.update(overrides)
+    return TrainConfig(**base)  # type: ignore[arg-type]

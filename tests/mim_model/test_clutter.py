@@ -15,9 +15,8 @@ from mim_model.training.synthetic import (
 )
 from mim_model.training.train import TrainError
 
-from .sirst_crops import needs_sirst
+from .sirst_crops import needs_sirst, tiny_train_config
 from .test_synthetic import _square_chip
-from .test_training import _config
 
 
 def test_clutter_is_a_structured_image_in_the_unit_range_and_a_function_of_the_seed() -> None:
@@ -88,13 +87,13 @@ def test_train_config_accepts_clutter_without_rasters(tiny_sirst: Path, tmp_path
     from mim_model.training.data import SirstSplit
 
     only_clutter = SyntheticSpec(p_synthetic=0.5, p_clutter=1.0)
-    cfg = _config(tiny_sirst, tmp_path / "c", synthetic=only_clutter)
+    cfg = tiny_train_config(tiny_sirst, tmp_path / "c", synthetic=only_clutter)
     assert cfg.synthetic.p_clutter == 1.0
     source = SyntheticSource.build([], SirstSplit.load(tiny_sirst, "train"), only_clutter)
     image, mask = source.sample(64, np.random.default_rng(0), 2.0)
     assert image.shape == (64, 64) and mask.any()
     with pytest.raises(TrainError, match="synthetic_backgrounds: expected at least one raster"):
-        _config(tiny_sirst, tmp_path / "x", synthetic=SyntheticSpec(p_synthetic=0.5, p_clutter=0.5))
+        tiny_train_config(tiny_sirst, tmp_path / "x", synthetic=SyntheticSpec(p_synthetic=0.5, p_clutter=0.5))
 
 
 @needs_sirst
@@ -112,7 +111,7 @@ def test_land_validation_crops_are_fixed_and_logged_at_each_evaluation(tiny_sirs
         assert image.shape == mask.shape == (128, 128) and mask.dtype == np.bool_ and mask.any()
         np.testing.assert_array_equal(image, image2)  # the same crops in every evaluation and run
         assert image[mask].mean() > np.median(image) + 0.2  # hot targets (0.35-0.7 above their ground)
-    cfg = _config(tiny_sirst, tmp_path / "run", land_val_crops=2)
+    cfg = tiny_train_config(tiny_sirst, tmp_path / "run", land_val_crops=2)
     assert train(cfg)["finished"]
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "land_val" not in records[0]  # no evaluation at epoch 1
@@ -120,4 +119,4 @@ def test_land_validation_crops_are_fixed_and_logged_at_each_evaluation(tiny_sirs
     assert set(land) == {"iou", "niou", "pd", "fa", "n_targets", "n_matched"} and land["n_targets"] >= 2
     assert 0.0 <= land["pd"] <= 1.0 and 0.0 <= land["fa"] <= 1.0
     with pytest.raises(TrainError, match="land_val_crops: expected an integer >= 0, got -1"):
-        _config(tiny_sirst, tmp_path / "x", land_val_crops=-1)
+        tiny_train_config(tiny_sirst, tmp_path / "x", land_val_crops=-1)

@@ -12,7 +12,7 @@ from mim_model.training.deep_supervision import DeeplySupervisedMiM, deeply_supe
 from mim_model.training.loss import soft_iou_loss
 from mim_model.training.train import TrainConfig, TrainError, export, train
 from mim_model.weights import load_model
-from tests.mim_model.sirst_crops import needs_sirst
+from tests.mim_model.sirst_crops import needs_sirst, tiny_train_config
 
 
 def _image_and_target(side_px: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +70,8 @@ def test_config_refuses_a_negative_weight() -> None:
         TrainConfig(data_dir="d", out_dir="o", deep_supervision=-0.5)
 
 
-def _config(data: Path, out: Path, **kw: object) -> TrainConfig:
-    base = dict(
-        data_dir=str(data), out_dir=str(out), crop_px=64, batch_size=2, epochs=2, num_workers=0,
-        eval_every=1, device="cpu", warmup_epochs=0.5, eval_thresholds=(0.3, 0.5, 0.7),
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+def _config(data: Path, out: Path, **overrides: object) -> TrainConfig:
+    return tiny_train_config(data, out, eval_every=1, **overrides)
 
 
 @needs_sirst

@@ -22,8 +22,7 @@ from mim_model.training.synthetic import (
 )
 from mim_model.training.train import TrainConfig, TrainError, export, train
 
-from .sirst_crops import SIRST, needs_sirst
-from .test_training import _config
+from .sirst_crops import SIRST, needs_sirst, tiny_train_config
 
 GEO = SIRST.parent / "geo-ir-samples"
 L8_B10 = GEO / "landsat8_LC80200392015216LGN00_crop" / "l8_B10.tif"
@@ -198,8 +197,8 @@ def test_train_crops_mix_synthetic_samples_and_training_runs(tiny_sirst: Path, t
     assert torch.equal(crops[(0, 7)][0], items[7][0])  # still a pure function of the seed
 
     with pytest.raises(TrainError, match="synthetic_backgrounds: expected at least one raster"):
-        _config(tiny_sirst, tmp_path / "x", synthetic=spec)
-    cfg = _config(tiny_sirst, tmp_path / "syn", epochs=1, eval_every=1, synthetic=spec,
+        tiny_train_config(tiny_sirst, tmp_path / "x", synthetic=spec)
+    cfg = tiny_train_config(tiny_sirst, tmp_path / "syn", epochs=1, eval_every=1, synthetic=spec,
                   synthetic_backgrounds=(str(L8_B10),))
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert train(cfg)["finished"]

@@ -25,7 +25,7 @@ from mim_model.training.inference import axis_tiles, padded_side, predict_probs
 from mim_model.training.loss import make_loss, per_image_soft_iou_loss, sls_loss, soft_iou_loss, soft_tversky_loss
 from mim_model.training.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from mim_model.training.train import TrainConfig, TrainError, _lr_lambda, export, train
-from tests.mim_model.sirst_crops import needs_sirst
+from tests.mim_model.sirst_crops import needs_sirst, tiny_train_config
 
 # --------------------------------------------------------------------------- data errors
 
@@ -223,30 +223,21 @@ def test_tiled_prediction_equals_whole_for_a_pointwise_model() -> None:
 # --------------------------------------------------------------------------- training run
 
 
-def _config(data: Path, out: Path, **kw: object) -> TrainConfig:
-    base = dict(
-        data_dir=str(data), out_dir=str(out), crop_px=64, batch_size=2, epochs=2, num_workers=0,
-        eval_every=2, device="cpu", warmup_epochs=0.5, eval_thresholds=(0.3, 0.5, 0.7),
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
-
-
 @needs_sirst
 def test_train_resume_matches_uninterrupted_run(tiny_sirst: Path, tmp_path: Path) -> None:
-    straight = train(_config(tiny_sirst, tmp_path / "a"))
+    straight = train(tiny_train_config(tiny_sirst, tmp_path / "a"))
     assert straight["finished"] and straight["epochs_done"] == 2
     lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and all(np.isfinite(r["loss"]) for r in lines)
     assert lines[0]["val"] is None and set(lines[1]["val"]) >= {"iou", "niou", "pd", "fa", "threshold"}
     assert straight["best"]["threshold"] in (0.3, 0.5, 0.7)
 
-    first = train(_config(tiny_sirst, tmp_path / "b"), max_epochs_this_run=1)
+    first = train(tiny_train_config(tiny_sirst, tmp_path / "b"), max_epochs_this_run=1)
     assert not first["finished"] and first["epochs_done"] == 1
     saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["global_step"] == 2
     assert saved["optimizer"]["state"][0]["step"].item() == 2  # Adam moments were saved
-    second = train(_config(tiny_sirst, tmp_path / "b"))
+    second = train(tiny_train_config(tiny_sirst, tmp_path / "b"))
     assert second["finished"] and second["epochs_done"] == 2
     resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert resumed["global_step"] == 4 and resumed["optimizer"]["state"][0]["step"].item() == 4
@@ -254,7 +245,7 @@ def test_train_resume_matches_uninterrupted_run(tiny_sirst: Path, tmp_path: Path
     for name, value in reference["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     # a finished run resumes to nothing and says so
-    again = train(_config(tiny_sirst, tmp_path / "b"))
+    again = train(tiny_train_config(tiny_sirst, tmp_path / "b"))
     assert again["finished"] and again["epochs_done"] == 2
 
     # export: float16 safetensors with the val threshold, and a model card
@@ -278,14 +269,14 @@ def test_train_resume_matches_uninterrupted_run(tiny_sirst: Path, tmp_path: Path
 def test_resume_with_more_epochs_follows_the_new_schedule_and_says_so(
     tiny_sirst: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    train(_config(tiny_sirst, tmp_path), max_epochs_this_run=1)  # 1 of 2 epochs, 2 steps
+    train(tiny_train_config(tiny_sirst, tmp_path), max_epochs_this_run=1)  # 1 of 2 epochs, 2 steps
     with caplog.at_level(logging.WARNING, logger="mim_model.training.train"):
-        longer = train(_config(tiny_sirst, tmp_path, epochs=4))
+        longer = train(tiny_train_config(tiny_sirst, tmp_path, epochs=4))
     assert longer["finished"] and longer["epochs_done"] == 4
     notes = [r.getMessage() for r in caplog.records if "instead of 2" in r.getMessage()]
     assert len(notes) == 1 and "spans 4 epochs" in notes[0] and "at step 2" in notes[0]
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    cfg = _config(tiny_sirst, tmp_path, epochs=4)
+    cfg = tiny_train_config(tiny_sirst, tmp_path, epochs=4)
     # the last step's lr lies on the 4-epoch curve (8 steps), not on the 2-epoch one
     expected = cfg.lr * _lr_lambda(cfg, 2)(saved["global_step"])
     assert saved["global_step"] == 8
@@ -295,7 +286,7 @@ def test_resume_with_more_epochs_follows_the_new_schedule_and_says_so(
 @needs_sirst
 def test_acm_recipe_adagrad_at_a_constant_rate(tiny_sirst: Path, tmp_path: Path) -> None:
     """The recipe MiM's author points to (ACM: Adagrad, lr 0.05, constant, weight decay 1e-4)."""
-    out = train(_config(tiny_sirst, tmp_path, optimizer="adagrad", schedule="constant", lr=0.05, epochs=1,
+    out = train(tiny_train_config(tiny_sirst, tmp_path, optimizer="adagrad", schedule="constant", lr=0.05, epochs=1,
                         eval_every=1))
     assert out["finished"]
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -308,9 +299,9 @@ def test_acm_recipe_adagrad_at_a_constant_rate(tiny_sirst: Path, tmp_path: Path)
 
 @needs_sirst
 def test_resume_refuses_another_layout(tiny_sirst: Path, tmp_path: Path) -> None:
-    train(_config(tiny_sirst, tmp_path / "r", epochs=1, eval_every=1, eval_thresholds=(0.5,)))
+    train(tiny_train_config(tiny_sirst, tmp_path / "r", epochs=1, eval_every=1, eval_thresholds=(0.5,)))
     with pytest.raises(TrainError, match="layout"):
-        train(_config(tiny_sirst, tmp_path / "r", epochs=1, layout="official"))
+        train(tiny_train_config(tiny_sirst, tmp_path / "r", epochs=1, layout="official"))
 
 
 @needs_sirst
@@ -319,7 +310,7 @@ def test_a_val_split_that_shares_training_images_is_refused(tiny_sirst: Path, tm
     train_ids = (tiny_sirst / "idx_427" / "train.txt").read_text().split()
     (tiny_sirst / "idx_427" / "trainval.txt").write_text("\n".join(train_ids + val_ids) + "\n")
     with pytest.raises(TrainError, match=rf"val_split: .*got 'val', which shares 2 images with 'trainval' \(e.g. {min(val_ids)}\)"):
-        train(_config(tiny_sirst, tmp_path / "r", train_split="trainval"))
+        train(tiny_train_config(tiny_sirst, tmp_path / "r", train_split="trainval"))
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
@@ -331,7 +322,7 @@ def test_a_refit_without_val_keeps_the_last_epoch_and_the_fixed_threshold(
     val_ids = (tiny_sirst / "idx_427" / "val.txt").read_text().split()
     train_ids = (tiny_sirst / "idx_427" / "train.txt").read_text().split()
     (tiny_sirst / "idx_427" / "trainval.txt").write_text("\n".join(train_ids + val_ids) + "\n")
-    refit = _config(tiny_sirst, tmp_path / "r", train_split="trainval", val_split=None, threshold_without_val=0.35,
+    refit = tiny_train_config(tiny_sirst, tmp_path / "r", train_split="trainval", val_split=None, threshold_without_val=0.35,
                     epochs=2, eval_every=1, ema_decay=0.9)
     half = train(refit, max_epochs_this_run=1)
     assert half["epochs_done"] == 1 and half["best"] is None
@@ -386,7 +377,7 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_sirst: Path, tmp_path: P
 
     start = load_model(DEFAULT_WEIGHTS_PATH).state_dict()  # the network (the file's refiner does not carry over)
     # lr so small that one epoch cannot move a weight measurably: best.pt is the start
-    cfg = _config(tiny_sirst, tmp_path / "ft", epochs=1, eval_every=1, lr=1e-12, warmup_epochs=0.0,
+    cfg = tiny_train_config(tiny_sirst, tmp_path / "ft", epochs=1, eval_every=1, lr=1e-12, warmup_epochs=0.0,
                   init_weights=str(DEFAULT_WEIGHTS_PATH))
     train(cfg)
     tuned = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)["model"]
@@ -401,14 +392,14 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_sirst: Path, tmp_path: P
 def test_fine_tuning_refuses_weights_of_another_input_scale(tiny_sirst: Path, tmp_path: Path) -> None:
     from mim_model.weights import DEFAULT_WEIGHTS_PATH
 
-    cfg = _config(tiny_sirst, tmp_path / "bad", epochs=1, input_scale=1.0, init_weights=str(DEFAULT_WEIGHTS_PATH))
+    cfg = tiny_train_config(tiny_sirst, tmp_path / "bad", epochs=1, input_scale=1.0, init_weights=str(DEFAULT_WEIGHTS_PATH))
     with pytest.raises(TrainError, match=r"init_weights: .*mim_sirst.safetensors has input_scale '2.0', expected 1.0"):
         train(cfg)
     # on request, the same weights start a run at the other scale
     from mim_model.weights import load_model
 
     start = load_model(DEFAULT_WEIGHTS_PATH).state_dict()
-    moved = _config(tiny_sirst, tmp_path / "moved", epochs=1, eval_every=1, input_scale=1.0, lr=1e-12,
+    moved = tiny_train_config(tiny_sirst, tmp_path / "moved", epochs=1, eval_every=1, input_scale=1.0, lr=1e-12,
                     warmup_epochs=0.0, init_weights=str(DEFAULT_WEIGHTS_PATH), init_any_scale=True)
     train(moved)
     tuned = torch.load(tmp_path / "moved" / "best.pt", weights_only=True)["model"]
@@ -459,7 +450,7 @@ def test_weight_average_warmup_forgets_the_initial_weights() -> None:
 
 @needs_sirst
 def test_weight_average_is_what_is_chosen_and_survives_resume(tiny_sirst: Path, tmp_path: Path) -> None:
-    straight = train(_config(tiny_sirst, tmp_path / "a", ema_decay=0.5))
+    straight = train(tiny_train_config(tiny_sirst, tmp_path / "a", ema_decay=0.5))
     assert straight["finished"]
     last = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     best = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
@@ -469,8 +460,8 @@ def test_weight_average_is_what_is_chosen_and_survives_resume(tiny_sirst: Path, 
         torch.testing.assert_close(best["model"][name], value, msg=name)  # best.pt holds the average
         moved += int(value.is_floating_point() and not torch.equal(value, last["model"][name]))
     assert moved > 50  # the average is not the raw weights
-    train(_config(tiny_sirst, tmp_path / "b", ema_decay=0.5), max_epochs_this_run=1)
-    train(_config(tiny_sirst, tmp_path / "b", ema_decay=0.5))
+    train(tiny_train_config(tiny_sirst, tmp_path / "b", ema_decay=0.5), max_epochs_this_run=1)
+    train(tiny_train_config(tiny_sirst, tmp_path / "b", ema_decay=0.5))
     resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for name, value in last["ema_model"].items():
         torch.testing.assert_close(resumed["ema_model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
@@ -562,7 +553,7 @@ def test_per_image_losses_push_target_free_crops_to_nothing_and_shard_evenly(nam
 @needs_sirst
 def test_training_runs_with_the_per_image_losses(tiny_sirst: Path, tmp_path: Path) -> None:
     for name in ("softiou-image", "sls"):
-        out = train(_config(tiny_sirst, tmp_path / name, loss=name, epochs=1, eval_every=1))
+        out = train(tiny_train_config(tiny_sirst, tmp_path / name, loss=name, epochs=1, eval_every=1))
         assert out["finished"] and np.isfinite(out["best"]["val"]["iou"])
         record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
         assert np.isfinite(record["loss"]) and torch.load(tmp_path / name / "last.pt", weights_only=True)["config"]["loss"] == name
@@ -572,9 +563,9 @@ def test_training_runs_with_the_per_image_losses(tiny_sirst: Path, tmp_path: Pat
 def test_training_with_stochastic_depth_differs_and_exports_a_plain_network(
     tiny_sirst: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plain = train(_config(tiny_sirst, tmp_path / "plain", epochs=1, eval_every=1))
+    plain = train(tiny_train_config(tiny_sirst, tmp_path / "plain", epochs=1, eval_every=1))
     with caplog.at_level(logging.INFO, logger="mim_model.training.train"):
-        dropped = train(_config(tiny_sirst, tmp_path / "dp", epochs=1, eval_every=1, drop_path_rate=0.5))
+        dropped = train(tiny_train_config(tiny_sirst, tmp_path / "dp", epochs=1, eval_every=1, drop_path_rate=0.5))
     assert plain["finished"] and dropped["finished"]
     recipes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe ")]
     assert len(recipes) == 1 and json.loads(recipes[0].removeprefix("recipe "))["drop_path_rate"] == 0.5  # the log holds it

@@ -20,6 +20,8 @@ import torch
 from mim_model.training.data import EpochSampler
 
 REPO = Path(__file__).resolve().parents[2]
+needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
 
 
 def test_sampler_shards_give_each_step_the_single_process_batch() -> None:
@@ -69,8 +71,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return logits, target
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_sharded_loss_gives_the_whole_batch_gradient_after_averaging(tmp_path: Path) -> None:
     from mim_model.training.loss import make_loss
 
@@ -100,8 +101,7 @@ def _torchrun(data: Path, out: Path, *options: str) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_two_processes_train_write_once_and_resume(tiny_sirst: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = _torchrun(tiny_sirst, out, "--batch-size", "4", "--epochs", "2", "--ema-decay", "0.5")
@@ -125,8 +125,7 @@ def test_two_processes_train_write_once_and_resume(tiny_sirst: Path, tmp_path: P
     assert "irscan: error: train config batch_size: expected a multiple of the 2 training processes, got 3" in odd.stderr
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_two_processes_train_with_deep_supervision(tiny_sirst: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     run = _torchrun(tiny_sirst, out, "--batch-size", "4", "--epochs", "2", "--deep-supervision", "0.5")
