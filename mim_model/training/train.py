@@ -27,8 +27,9 @@ Recipe (ours; the paper's is not public, spec section 4)
   64), so batch 32 is nearly free. One H100 trial at scale 1 (350-epoch schedule, stopped
   at epoch 282 after 8.3 min) reached val IoU 0.677, nIoU 0.649, Pd 0.928, Fa 2.3e-5.
 * Deep supervision (``deep_supervision`` > 0, off by default): side outputs on the
-  decoder's two coarser maps add their mean loss, so weighted
+  decoder's two coarser maps add ``deep_supervision`` times their mean loss
   (:mod:`mim_model.training.deep_supervision`); only the network is averaged and exported.
+  A 40-epoch screening at 0.5 did not help on val with the refiner (docs/benchmarks.md).
 * Mixed precision: bf16 autocast on CUDA (no loss scaling needed); the selective scan
   casts to float32 inside, the loss is computed in float32.
 * Weight averaging (``ema_decay`` > 0): an exponential moving average of the weights
