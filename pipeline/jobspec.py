@@ -106,6 +106,7 @@ _MESSAGE_ALIASES = {
     "high_pct": "norm_high",
     "max_value": "norm_high",
     "core_px": "halo_px",
+    "ray address": "ray_address",
 }
 
 
@@ -559,7 +560,11 @@ class SceneWork:
         ``EPSG:n``, ``custom`` (a CRS without an EPSG code) or ``none``.
     tiles_total, tiles_finished : int
         Tiles of the plan, and those the ledger of ``OUTPUT/<name>`` records as finished
-        (0 when the job overwrites).
+        (0 when the job overwrites, or when ``run_refuses``).
+    run_refuses : str or None
+        Why ``irscan run`` would refuse the existing output of the scene without
+        ``--overwrite`` (made with another configuration or weights, or from another version
+        of the scene file: :func:`pipeline.runner.check_resumable`); None when it would not.
     """
 
     path: str
@@ -570,6 +575,7 @@ class SceneWork:
     crs: str
     tiles_total: int
     tiles_finished: int
+    run_refuses: str | None = None
 
     @property
     def tiles_todo(self) -> int:
@@ -594,6 +600,7 @@ class SceneWork:
             "tiles_finished": self.tiles_finished,
             "tiles_todo": self.tiles_todo,
             "mpx": round(self.mpx, 3),
+            "run_refuses": self.run_refuses,
         }
 
 
@@ -664,12 +671,40 @@ def _finished_tiles(scene_out: Path, n_rows: int, n_cols: int) -> int:
     return count
 
 
+def _check_before_ray(spec: JobSpec) -> str:
+    """The checks ``irscan run`` makes before it starts Ray (:func:`pipeline.runner.run_scans`),
+    without Ray or a connection: the weights load, the scaled tile suits the network, the Ray
+    address has a valid form (it is not contacted). Returns the output fingerprint.
+
+    Raises
+    ------
+    JobSpecError
+        One of them fails; the message names the job file and the scan key.
+    """
+    from mim_model.errors import MiMError
+    from mim_model.weights import weights_sha256
+    from pipeline.infer import check_tile_scale, check_weights, resolve_weights_path
+    from pipeline.runner import check_ray_address_form
+
+    config = spec.config
+    try:
+        check_weights(config.inference)
+        check_tile_scale(config.inference, config.tiling.tile_px)
+        check_ray_address_form(config)
+    except (InputError, MiMError) as err:
+        key = "scan.weights" if isinstance(err, MiMError) else _config_key(str(err))
+        raise JobSpecError(f"{spec.source}: {key}: {err}") from err
+    return config.output_fingerprint(weights_sha256(resolve_weights_path(config.inference)))
+
+
 def plan_job(spec: JobSpec) -> JobPlan:
     """Open every scene (metadata only) and count its tiles and the finished ones.
 
     No GPU, no Ray, no pixel read. Finished tiles come from
     ``TileLedger(OUTPUT/<scene stem>).finished_ids()`` when the output exists (and are 0
-    when the job overwrites).
+    when the job overwrites, or when ``irscan run`` would refuse to continue the output:
+    see :attr:`SceneWork.run_refuses`). The checks ``irscan run`` makes before Ray are made
+    too (weights, tile size after the input scale, the form of the Ray address).
 
     Returns
     -------
@@ -678,16 +713,22 @@ def plan_job(spec: JobSpec) -> JobPlan:
     Raises
     ------
     JobSpecError
-        Inputs cannot be expanded (see :func:`expand_inputs`), or two scenes share a file
-        stem (they would write the same output folder).
+        Inputs cannot be expanded (see :func:`expand_inputs`), two scenes share a file
+        stem (they would write the same output folder), a check ``irscan run`` makes
+        before Ray fails, or a scene cannot be scanned with the job's normalisation (an
+        integer scene with norm none).
     SceneError
         A scene cannot be opened or validated.
     """
+    from pipeline.errors import OutputExistsError
+    from pipeline.normalize import check_scene
+    from pipeline.runner import check_resumable
     from pipeline.scene import open_scene
     from pipeline.tiling import tile_grid_shape
 
     config = spec.config
     paths = expand_inputs(spec)
+    fingerprint = _check_before_ray(spec)
     scenes: list[SceneWork] = []
     seen: dict[str, str] = {}
     out = Path(spec.output)
@@ -700,6 +741,10 @@ def plan_job(spec: JobSpec) -> JobPlan:
             break
     for path in paths:
         info = open_scene(path, band=config.band)
+        try:
+            check_scene(info, config.normalization)
+        except InputError as err:
+            raise JobSpecError(f"{spec.source}: scan.norm_mode: {err}") from err
         if info.name in seen:
             raise JobSpecError(
                 f"{spec.source}: inputs: {seen[info.name]} and {path} share the file stem"
@@ -707,7 +752,13 @@ def plan_job(spec: JobSpec) -> JobPlan:
             )
         seen[info.name] = path
         n_rows, n_cols = tile_grid_shape(info.grid.height_px, info.grid.width_px, config.tiling)
-        finished = 0 if config.overwrite else _finished_tiles(out / info.name, n_rows, n_cols)
+        refuses = None
+        if not config.overwrite:
+            try:
+                check_resumable(out / info.name, info, fingerprint)
+            except OutputExistsError as err:
+                refuses = str(err)
+        finished = 0 if config.overwrite or refuses else _finished_tiles(out / info.name, n_rows, n_cols)
         scenes.append(
             SceneWork(
                 path=path,
@@ -718,6 +769,7 @@ def plan_job(spec: JobSpec) -> JobPlan:
                 crs=_crs_label(info.grid.epsg, info.grid.crs_wkt),
                 tiles_total=n_rows * n_cols,
                 tiles_finished=finished,
+                run_refuses=refuses,
             )
         )
         log.debug("%s: %d tiles, %d finished", info.name, n_rows * n_cols, finished)

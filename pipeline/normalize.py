@@ -24,9 +24,12 @@ Modes (:class:`NormalizationSpec`)
     ``low = min_value``, ``high = max_value`` as given (e.g. 0..10000 for Sentinel-2 L1C).
 ``"none"``
     The scene is already in [0, 1]: ``low = 0``, ``high = 1`` (values are only clipped).
+    For float scenes only: an integer scene would map every value above 0 to 1, so
+    :func:`check_scene` refuses it.
 
 :func:`apply` computes ``clip((v - low) / (high - low), 0, 1)`` in float32 and replaces nodata
-(NaN) by ``fill``: the normalised median of the sample, so nodata looks like ordinary
+(NaN; :mod:`pipeline.scene` returns every nodata pixel as NaN, including a float band's NaN and
++/-inf values) by ``fill``: the normalised median of the sample, so nodata looks like ordinary
 background to the model instead of a dark hole whose edge could look like a target. A scene
 with ``high <= low`` (constant) maps to 0.
 """
@@ -50,6 +53,7 @@ __all__ = [
     "NormalizationStats",
     "stats_from_sample",
     "compute_stats",
+    "check_scene",
     "apply",
 ]
 
@@ -168,7 +172,7 @@ def stats_from_sample(
     Parameters
     ----------
     pixels : array_like of float, any shape
-        Sample values; NaN counts as nodata.
+        Sample values; NaN and +/-inf count as nodata.
     valid : array_like of bool, same shape, or None
         Valid-pixel mask (None: every finite pixel is valid).
     spec : NormalizationSpec
@@ -204,6 +208,22 @@ def stats_from_sample(
     return NormalizationStats(
         low, high, _normalised(median, low, high), "percentile", int(sample.size)
     )
+
+
+def check_scene(scene: SceneInfo, spec: NormalizationSpec) -> None:
+    """Refuse a scene the spec cannot map: mode ``"none"`` (values taken as they are, in
+    [0, 1]) on an integer band, whose every value above 0 would be clipped to 1.
+
+    Raises
+    ------
+    InputError
+        Mode ``"none"`` and an integer dtype; the message names the scene and the dtype.
+    """
+    if spec.mode == "none" and np.dtype(scene.dtype).kind in "ui":
+        raise InputError(
+            f"{scene.path}: norm none: expected a float scene with values in 0..1, got dtype {scene.dtype}"
+            " (every value above 0 would become 1); use norm percentile or fixed"
+        )
 
 
 def compute_stats(scene: SceneInfo, spec: NormalizationSpec) -> NormalizationStats:

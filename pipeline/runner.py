@@ -56,7 +56,7 @@ from pipeline.infer import (
     resolve_weights_path,
 )
 from pipeline.ledger import STATE_DIR, TileLedger
-from pipeline.normalize import NormalizationStats
+from pipeline.normalize import NormalizationStats, check_scene
 from pipeline.scene import SceneInfo, open_scene
 from pipeline.stitch import MASK_TARGET, nodata_core, stitch_core
 from pipeline.tasks import read_tile_task as _read_tile
@@ -67,7 +67,8 @@ from pipeline.vectorize import Detection, sort_detections
 from pipeline.write_vectors import detections_frame, write_detections
 from pipeline.write_zarr import MASK_ZARR, create_mask_store, open_mask_store, write_core
 
-__all__ = ["run_scans", "SceneResult", "check_ray_address", "connect_ray", "prepare_scene_dirs"]
+__all__ = ["run_scans", "SceneResult", "check_ray_address", "check_ray_address_form", "check_resumable",
+           "connect_ray", "prepare_scene_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,26 @@ def _ray_address(config: ScanConfig) -> str | None:
     return config.ray.address or os.environ.get("RAY_ADDRESS") or None
 
 
+def check_ray_address_form(config: ScanConfig) -> tuple[str, int] | None:
+    """The form of the Ray address (:func:`check_ray_address` without connecting; what
+    ``irscan plan`` checks): (host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``, None for
+    no address, ``auto`` or ``local``.
+
+    Raises
+    ------
+    InputError
+        The address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+    """
+    address = _ray_address(config)
+    if address is None or address in ("auto", "local"):
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port.isdigit():
+        raise InputError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
 def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
     """Refuse a Ray head that is not there before any work, with one line: Ray itself retries
     an unreachable ``HOST:PORT`` for minutes. ``auto`` (a cluster on this machine) is checked
@@ -220,17 +241,14 @@ def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
         The address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``, or nothing
         answers there within ``timeout_s``.
     """
-    address = _ray_address(config)
-    if address is None or address in ("auto", "local"):
+    head = check_ray_address_form(config)
+    if head is None:
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    host = host.strip("[]")  # [::1]:6379
-    if not host or not port.isdigit():
-        raise InputError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    address, (host, port) = _ray_address(config), head
     if ray.is_initialized():  # connect_ray keeps the connection there is
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise InputError(f"ray address {address}: expected a running Ray head there, got "
                          f"{exc.strerror or type(exc).__name__} connecting to {host}:{port}") from None
@@ -306,6 +324,8 @@ def prepare_scene_dirs(
     ``resume`` True: a folder from the same configuration is continued.
     """
     infos = [open_scene(p, band=config.band) for p in scene_paths]
+    for info in infos:
+        check_scene(info, config.normalization)
     names = [i.name for i in infos]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -322,8 +342,8 @@ def prepare_scene_dirs(
     return runs
 
 
-def _fingerprint_path(run: SceneRun) -> Path:
-    return run.out_dir / STATE_DIR / "fingerprint.json"
+def _fingerprint_file(scene_dir: Path) -> Path:
+    return scene_dir / STATE_DIR / "fingerprint.json"
 
 
 def _scene_identity(info: SceneInfo) -> dict[str, Any]:
@@ -344,37 +364,50 @@ def _scene_identity(info: SceneInfo) -> dict[str, Any]:
     return identity
 
 
+def _has_output(scene_dir: Path) -> bool:
+    """True when ``scene_dir`` holds an output a run can continue (its store and fingerprint)."""
+    return (scene_dir / MASK_ZARR).exists() and _fingerprint_file(scene_dir).exists()
+
+
 def _resumes(run: SceneRun) -> bool:
     """True when the run continues an existing output (its store and fingerprint are there)."""
-    return not run.replace and (run.out_dir / MASK_ZARR).exists() and _fingerprint_path(run).exists()
+    return not run.replace and _has_output(run.out_dir)
 
 
-def _check_resumable(run: SceneRun, fingerprint: str) -> None:
-    """Refuse to continue an output made with another configuration or from another version
-    of the scene file (:class:`OutputExistsError`); nothing is written. Outputs of versions
-    that did not record the scene are checked by configuration only."""
-    if not _resumes(run):
+def check_resumable(scene_dir: Path, info: SceneInfo, fingerprint: str) -> None:
+    """Refuse to continue the output in ``scene_dir`` (of the scene ``info``) when it was made
+    with another configuration (``fingerprint``: :meth:`ScanConfig.output_fingerprint`) or from
+    another version of the scene file (:class:`OutputExistsError`); nothing is written. Outputs
+    of versions that did not record the scene are checked by configuration only; a folder
+    without an output to continue passes. ``irscan plan`` asks the same question."""
+    if not _has_output(scene_dir):
         return
-    previous = json.loads(_fingerprint_path(run).read_text())
+    previous = json.loads(_fingerprint_file(scene_dir).read_text())
     if previous.get("fingerprint") != fingerprint:
         raise OutputExistsError(
-            f"{run.out_dir}: output exists from another configuration "
+            f"{scene_dir}: output exists from another configuration "
             f"(fingerprint {previous.get('fingerprint')} != {fingerprint}); pass --overwrite"
         )
-    before, scene = previous.get("scene"), _scene_identity(run.info)
+    before, scene = previous.get("scene"), _scene_identity(info)
     changed = [k for k in scene if before is not None and json.dumps(before.get(k)) != json.dumps(scene[k])]
     if changed:
         key = changed[0]
         raise OutputExistsError(
-            f"{run.out_dir}: output exists from another version of the scene {run.info.path}"
+            f"{scene_dir}: output exists from another version of the scene {info.path}"
             f" ({key}: expected {_show(before.get(key))}, got {_show(scene[key])}); pass --overwrite"
         )
+
+
+def _check_resumable(run: SceneRun, fingerprint: str) -> None:
+    """:func:`check_resumable` for a run that continues its output (not one it replaces)."""
+    if _resumes(run):
+        check_resumable(run.out_dir, run.info, fingerprint)
 
 
 def _open_or_create_store(run: SceneRun, config: ScanConfig, threshold: float, fingerprint: str) -> None:
     """Continue the output that :func:`_check_resumable` accepted, or make it afresh."""
     store_path = run.out_dir / MASK_ZARR
-    fp_file = _fingerprint_path(run)
+    fp_file = _fingerprint_file(run.out_dir)
     if _resumes(run):
         open_mask_store(store_path, mode="r+")
         run.finished = {

@@ -8,9 +8,10 @@ Validity
 --------
 A pixel is *valid* when it lies inside the scene and is not nodata. Nodata comes from GDAL's
 mask for the band (``dataset.read_masks``: the nodata value, an internal/external mask or
-an alpha band), and for float bands every NaN is nodata too. Invalid pixels are returned as
-NaN in the float32 pixel array, plus ``valid == False``; :func:`pipeline.normalize.apply`
-replaces the NaNs with a neutral value before the model sees them.
+an alpha band), and for float bands every NaN, +inf or -inf is nodata too. Invalid pixels
+are returned as NaN in the float32 pixel array, plus ``valid == False``;
+:func:`pipeline.normalize.apply` replaces the NaNs with a neutral value before the model sees
+them.
 
 Padding at scene edges
 ----------------------

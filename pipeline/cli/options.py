@@ -19,7 +19,7 @@ option                 meaning
 --tta-flips            average each tile over its three flips too (4x the compute)
 --input-scale          resize tiles by this before the network (default: the weights')
 --window-px            network context: run each tile as windows of this side (0: whole tile)
---window-halo-px       halo of those windows per side
+--window-halo-px       halo of those windows per side (only with --window-px)
 --ray-address          join this Ray cluster (default: RAY_ADDRESS, else a local Ray)
 --overwrite            replace existing outputs
 =====================  ==========================================================
@@ -78,7 +78,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="Run each tile as overlapping windows of this side (tile pixels): the network then "
                       "judges a spot by that much surroundings; 0 runs whole tiles. [0]"),
     click.option("--window-halo-px", type=int, default=None,
-                 help="Halo of each window per side, at most --halo-px. [16]"),
+                 help="Halo of each window per side, at most --halo-px; only with --window-px. [16]"),
     click.option("--ray-address", default=None, help="Ray cluster to join. [RAY_ADDRESS, else local]"),
     click.option("--max-tiles-in-flight", type=int, default=None, help="Bound on tiles held in memory."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
@@ -101,7 +101,14 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _window_fields(window_px: int | None, window_halo_px: int | None) -> dict[str, Any]:
     """InferenceSpec fields of the window options: absent ones keep the spec's defaults,
-    ``window_px`` 0 means whole tiles (None in the spec)."""
+    ``window_px`` 0 means whole tiles (None in the spec). ``window_halo_px`` is the halo of
+    those windows: without them it would be ignored, so it is refused."""
+    if window_halo_px is not None and not window_px:
+        without = "without window_px" if window_px is None else "with window_px 0 (whole tiles)"
+        raise InputError(
+            f"window_halo_px: expected only with window_px (it is the halo of the windows inside each tile),"
+            f" got {window_halo_px} {without}"
+        )
     fields: dict[str, Any] = {}
     if window_px is not None:
         fields["window_px"] = window_px or None

@@ -2,7 +2,10 @@
 
 Opens every scene's metadata (no pixel read) and, when the output folder exists, counts the
 tiles its ledgers record as finished, so the table shows what ``irscan run JOB.yaml`` would
-still do.
+still do. An output that ``run`` would refuse to continue (another configuration or weights,
+another version of the scene file) counts 0 finished, with a line saying why. The checks
+``run`` makes before it starts Ray (weights, tile size after the input scale, the form of
+the Ray address: not contacted) are made too.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ def command(job_file: Path, as_json: bool) -> None:
     ])
     for line in _table(rows, right={4, 5, 6, 7}):
         click.echo(line)
+    for s in plan.scenes:
+        if s.run_refuses:
+            click.echo(f"{s.name}: 0 finished: irscan run refuses its existing output without --overwrite: "
+                       f"{s.run_refuses}")
     if holder is not None:
         click.echo(f"output is locked by a running job: {holder.describe()}")
 

@@ -3,6 +3,7 @@ output or end in a traceback: each now gives one line and a non-zero exit, befor
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -183,3 +184,149 @@ def test_run_log_dir_under_a_file_is_one_line(tmp_path):
     assert line == f"irscan: error: log dir {tmp_path / 'afile' / 'logs'}: expected a folder to write r1.log into, " \
                    "got Not a directory"
     assert not (tmp_path / "o").exists()
+
+
+def test_window_halo_without_window_is_refused(tmp_path):
+    """--window-halo-px without --window-px (windows inside each tile) was ignored: the scan
+    ran whole tiles, exit 0; likewise a job's scan.window_halo_px."""
+    scene = _write(tmp_path / "s.tif", _scene((30, 40)))
+    line = _one_line(CliRunner().invoke(cli, ["scan", str(scene), "--out", str(tmp_path / "o"),
+                                              "--window-halo-px", "500"]))
+    assert line == ("irscan: error: window_halo_px: expected only with window_px (it is the halo of the windows "
+                    "inside each tile), got 500 without window_px")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(InputError, match=r"^window_halo_px: .* got 8 with window_px 0 \(whole tiles\)$"):
+        config_from_options({"window_px": 0, "window_halo_px": 8})
+    assert config_from_options({"window_px": 128, "window_halo_px": 24}).inference.window_halo_px == 24
+    assert config_from_options({"window_px": 0}).inference.window_px is None
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\nscan: {window_halo_px: 500}\n")
+    line = _one_line(CliRunner().invoke(cli, ["plan", str(job)]))
+    assert line == (f"irscan: error: {job}: scan.window_halo_px: window_halo_px: expected only with window_px "
+                    "(it is the halo of the windows inside each tile), got 500 without window_px")
+
+
+@pytest.mark.parametrize("scan, needle", [
+    ("weights: s.tif", "scan.weights: {dir}/s.tif: not a readable safetensors file ("),
+    ("input_scale: 0.3", "scan.tile_px: tile_px: tiles are resized by input_scale 0.3; 512 px becomes 154 px, "
+                         "expected a multiple of 64"),
+    ("ray_address: nothing", "scan.ray_address: ray address: expected auto, HOST:PORT or ray://HOST:PORT, "
+                             "got 'nothing'"),
+])
+def test_plan_makes_the_checks_run_makes_before_ray(tmp_path, monkeypatch, scan, needle):
+    """`irscan plan` passed weights that are no MiM file, an input scale the network cannot take
+    and a malformed Ray address, all of which `irscan run` refuses."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"inputs: [s.tif]\noutput: o\nscan: {{{scan}}}\n")
+    needle = needle.format(dir=tmp_path)
+    for args in (["plan", str(job)], ["plan", "--json", str(job)]):
+        line = _one_line(CliRunner().invoke(cli, args))
+        assert line.startswith(f"irscan: error: {job}: {needle}"), line
+    # irscan run refuses the same, before Ray
+    line = _one_line(CliRunner().invoke(cli, ["run", str(job), "--run-id", "r1"]))
+    assert line.startswith("irscan: bad_input: ") and needle.split(": ", 1)[1] in line, line
+    assert not (tmp_path / "o" / "s").exists()
+
+
+def test_plan_checks_the_ray_address_without_contacting_it(tmp_path, monkeypatch):
+    """Plan checks only the form: a well-formed address where nothing listens passes plan
+    (run would refuse it after trying to connect)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    for address in ("127.0.0.1:1", "ray://[::1]:10001", "auto"):
+        job.write_text(f"inputs: [s.tif]\noutput: o\nscan: {{ray_address: '{address}'}}\n")
+        result = CliRunner().invoke(cli, ["plan", str(job)])
+        assert result.exit_code == 0, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_plan_counts_no_finished_tiles_of_an_output_run_would_refuse(local_ray, random_weights, tmp_path):
+    """plan counted the tiles of an output made with another configuration, or from another
+    version of the scene file, as finished; run refuses to continue such an output."""
+    from pipeline.jobspec import plan_job
+
+    scene = _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    base = f"inputs: [s.tif]\noutput: out\nscan: {{tile_px: 64, halo_px: 0, device: cpu, weights: {random_weights}"
+    job.write_text(base + "}\n")
+    config = load_job(job).config
+    run_scans([str(scene)], tmp_path / "out", config, resume=True, overviews=False, statistics=False)
+    (work,) = plan_job(load_job(job)).scenes
+    assert (work.tiles_total, work.tiles_finished) == (4, 4)
+    assert getattr(work, "run_refuses", None) is None
+
+    job.write_text(base + ", threshold: 0.7}\n")  # another configuration
+    other = load_job(job)
+    with pytest.raises(OutputExistsError) as refused:
+        run_scans([str(scene)], tmp_path / "out", other.config, resume=True, overviews=False, statistics=False)
+    assert "output exists from another configuration" in str(refused.value)
+    (work,) = plan_job(other).scenes
+    assert (work.tiles_finished, work.tiles_todo) == (0, 4)
+    assert work.run_refuses == str(refused.value)
+    result = CliRunner().invoke(cli, ["plan", str(job)])
+    assert result.exit_code == 0, result.output
+    assert f"s: 0 finished: irscan run refuses its existing output without --overwrite: {refused.value}" \
+        in result.output.splitlines()
+    data = json.loads(CliRunner().invoke(cli, ["plan", "--json", str(job)]).output)
+    assert data["scenes"][0]["run_refuses"] == str(refused.value)
+    assert data["totals"]["tiles_finished"] == 0
+    assert plan_job(other.with_overwrite(True)).scenes[0].run_refuses is None
+
+    job.write_text(base + "}\n")  # the same configuration, another version of the scene file
+    _write(scene, _scene((100, 90)))
+    os.utime(scene, ns=(os.stat(scene).st_atime_ns, os.stat(scene).st_mtime_ns + 10**9))
+    with pytest.raises(OutputExistsError) as refused:
+        run_scans([str(scene)], tmp_path / "out", config, resume=True, overviews=False, statistics=False)
+    (work,) = plan_job(load_job(job)).scenes
+    assert work.tiles_finished == 0
+    assert work.run_refuses == str(refused.value) and "another version of the scene" in work.run_refuses
+
+
+def test_norm_none_on_an_integer_scene_is_refused(tmp_path):
+    """--norm none takes values as they are (a float scene in 0..1): on a uint16 scene every
+    pixel became 1, so the scan found nothing and said nothing."""
+    from pipeline.normalize import NormalizationSpec, apply, stats_from_sample
+
+    data = _scene((30, 40))
+    scene = _write(tmp_path / "s.tif", data)
+    assert np.all(apply(data, stats_from_sample(data, None, NormalizationSpec(mode="none"))) == 1.0)  # why
+    expected = (f"{scene}: norm none: expected a float scene with values in 0..1, got dtype uint16 (every value "
+                "above 0 would become 1); use norm percentile or fixed")
+    line = _one_line(CliRunner().invoke(cli, ["scan", str(scene), "--out", str(tmp_path / "o"), "--norm", "none"]))
+    assert line == f"irscan: error: {expected}"
+    assert not (tmp_path / "o" / "s").exists()
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\nscan: {norm_mode: none}\n")
+    line = _one_line(CliRunner().invoke(cli, ["plan", str(job)]))
+    assert line == f"irscan: error: {job}: scan.norm_mode: {expected}"
+    line = _one_line(CliRunner().invoke(cli, ["run", str(job), "--run-id", "r1"]))
+    assert line == f"irscan: bad_input: {expected}"
+    assert not (tmp_path / "o" / "s").exists()
+    # a float scene already in 0..1 is what norm none is for
+    _write(tmp_path / "s.tif", (data / 5000).astype(np.float32))
+    result = CliRunner().invoke(cli, ["plan", str(job)])
+    assert result.exit_code == 0, result.output
+    assert "float32" in result.output
+
+
+def test_infinite_float_pixels_are_nodata_as_documented(tmp_path):
+    """+inf/-inf in a float band are nodata, like NaN; the README and the docstrings said NaN only."""
+    from pipeline.normalize import NormalizationSpec, stats_from_sample
+    from pipeline.scene import open_scene, read_decimated, read_window
+    from pipeline.tiling import Window
+
+    data = (_scene((30, 40)) / 5000).astype(np.float32)
+    data[5, 6], data[7, 8], data[9, 10] = np.inf, -np.inf, np.nan
+    info = open_scene(str(_write(tmp_path / "f.tif", data)))
+    tile = read_window(info, Window(0, 0, 16, 16))
+    assert not tile.valid[5, 6] and not tile.valid[7, 8] and not tile.valid[9, 10]
+    assert tile.valid.sum() == 16 * 16 - 3 and np.isnan(tile.pixels[[5, 7, 9], [6, 8, 10]]).all()
+    sample = read_decimated(info, 2048)
+    stats = stats_from_sample(sample.pixels, sample.valid, NormalizationSpec(low_pct=0.0, high_pct=100.0))
+    assert stats.n_samples == 128 * 128 - 3 and stats.high == pytest.approx(1.0) and np.isfinite(stats.low)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    step3 = readme[readme.index("3. Ray CPU tasks read tiles"):readme.index("4. An actor pool")]
+    assert "NaN" in step3 and "+inf" in step3 and "-inf" in step3
