@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 import ray
-import torch
 from click.testing import CliRunner
 
-from mim_model import MiM
-from mim_model.weights import save_safetensors
 from pipeline.cli.main import cli
 from pipeline.cli.options import config_from_options
 from pipeline.config import ScanConfig
@@ -26,21 +23,6 @@ from pipeline.runner import run_scans
 from pipeline.tiling import TilingSpec
 
 from ..conftest import UTM_CRS, UTM_TRANSFORM
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One real local Ray for the module (the runner joins it instead of starting its own)."""
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
-    return save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5"})
 
 
 def _write(path: Path, data: np.ndarray) -> Path:

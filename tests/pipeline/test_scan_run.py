@@ -12,34 +12,16 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import ray
 import torch
 import zarr
 from affine import Affine
 from click.testing import CliRunner
 
-from mim_model import MiM
-from mim_model.weights import save_safetensors, weights_sha256
+from mim_model.weights import weights_sha256
 from pipeline.cli.main import cli
 from pipeline.stitch import MASK_NODATA
 
 from ..conftest import UTM_CRS, UTM_TRANSFORM
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One real local Ray for the module (the runner joins it instead of starting its own)."""
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
-    # a low threshold makes random weights flag some pixels, so vectors are not empty
-    return save_safetensors(MiM(layout="spatial"), path, metadata={"threshold": "0.5"})
 
 
 def _scan(args: list[str]) -> tuple[int, str]:
