@@ -6,6 +6,8 @@ prints ``str(error)`` and exits non-zero, without a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "IrscanError",
     "InputError",
@@ -14,7 +16,14 @@ __all__ = [
     "JobSpecError",
     "TileFailedError",
     "LockedError",
+    "shown",
 ]
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to 80 characters, for the 'got ...' part of a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class IrscanError(Exception):

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from pipeline.errors import InputError, JobSpecError
+from pipeline.errors import InputError, JobSpecError, shown
 
 __all__ = [
     "JOB_KEYS",
@@ -188,13 +188,8 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _err(source: str, key: str, expected: str, value: Any) -> JobSpecError:
-    return JobSpecError(f"{source}: {key}: expected {expected}, got {_show(value)} ({_type_name(value)})")
+    return JobSpecError(f"{source}: {key}: expected {expected}, got {shown(value)} ({_type_name(value)})")
 
 
 def gdal_path(href: str) -> str:
@@ -273,7 +268,7 @@ def _parse_scan(value: Any, source: str, base: Path) -> dict[str, Any]:
         if key in given_as:
             raise JobSpecError(
                 f"{source}: scan.{raw_key}: expected each option once, got it also as"
-                f" scan.{given_as[key]} ({_show(value[given_as[key]])} and {_show(option)})"
+                f" scan.{given_as[key]} ({shown(value[given_as[key]])} and {shown(option)})"
             )
         given_as[key] = raw_key
         types, expected, choices = _SCAN_TYPES[key]

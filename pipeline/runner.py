@@ -43,7 +43,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskErro
 from tqdm import tqdm
 
 from pipeline.config import ScanConfig
-from pipeline.errors import InputError, OutputExistsError
+from pipeline.errors import InputError, OutputExistsError, shown
 from mim_model.output_paths import make_output_dir
 from mim_model.weights import weights_sha256
 from pipeline.infer import (
@@ -394,7 +394,7 @@ def check_resumable(scene_dir: Path, info: SceneInfo, fingerprint: str) -> None:
         key = changed[0]
         raise OutputExistsError(
             f"{scene_dir}: output exists from another version of the scene {info.path}"
-            f" ({key}: expected {_show(before.get(key))}, got {_show(scene[key])}); pass --overwrite"
+            f" ({key}: expected {shown(before.get(key))}, got {shown(scene[key])}); pass --overwrite"
         )
 
 
@@ -695,11 +695,6 @@ class _Scheduler:
             run.detections = sort_detections(run.detections)
             run.vectorize_refs = []
             run.done = True
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _short(exc: BaseException) -> str:
