@@ -398,14 +398,8 @@ def check_resumable(scene_dir: Path, info: SceneInfo, fingerprint: str) -> None:
         )
 
 
-def _check_resumable(run: SceneRun, fingerprint: str) -> None:
-    """:func:`check_resumable` for a run that continues its output (not one it replaces)."""
-    if _resumes(run):
-        check_resumable(run.out_dir, run.info, fingerprint)
-
-
 def _open_or_create_store(run: SceneRun, config: ScanConfig, threshold: float, fingerprint: str) -> None:
-    """Continue the output that :func:`_check_resumable` accepted, or make it afresh."""
+    """Continue the output that :func:`check_resumable` accepted, or make it afresh."""
     store_path = run.out_dir / MASK_ZARR
     fp_file = _fingerprint_file(run.out_dir)
     if _resumes(run):
@@ -818,7 +812,8 @@ def run_scans(
                    "input_scale": input_scale}
         fingerprint = config.output_fingerprint(weights_sha)
         for run in runs:
-            _check_resumable(run, fingerprint)
+            if not run.replace:  # an output --overwrite replaces is not continued
+                check_resumable(run.out_dir, run.info, fingerprint)
         started = connect_ray(config)
         try:
             _actor_layout(config)  # a device the cluster lacks fails here, before any output is made or removed
