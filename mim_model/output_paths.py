@@ -11,11 +11,12 @@ from pathlib import Path
 
 from mim_model.errors import OutputPathError
 
-__all__ = ["make_output_dir", "check_output_file"]
+__all__ = ["make_output_dir", "check_output_file", "file_in_the_way"]
 
 
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing one of ``path`` and its parents, if it is not a folder."""
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing one of ``path`` and its parents, if it is not a folder (what
+    keeps a folder from being made at ``path``); None when nothing is in the way."""
     for candidate in (path, *path.parents):
         if candidate.exists():
             return None if candidate.is_dir() else candidate
@@ -41,7 +42,7 @@ def make_output_dir(path: str | os.PathLike[str], what: str,
         A file stands at ``path`` or at one of its parents, or the folder cannot be created.
     """
     path = Path(path)
-    blocker = _file_in_the_way(path)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise error(f"{what} {path}: expected a folder (or a place to make one), got a file at {blocker}")
     try:
@@ -63,7 +64,7 @@ def check_output_file(path: str | os.PathLike[str], what: str,
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} {path}: expected a file path, got a folder")
-    blocker = _file_in_the_way(path.parent)
+    blocker = file_in_the_way(path.parent)
     if blocker is not None:
         raise error(f"{what} {path}: expected a path inside a folder, got a file at {blocker}")
     make_output_dir(path.parent, what, error)

@@ -715,6 +715,7 @@ def plan_job(spec: JobSpec) -> JobPlan:
     SceneError
         A scene cannot be opened or validated.
     """
+    from mim_model.output_paths import file_in_the_way
     from pipeline.errors import OutputExistsError
     from pipeline.normalize import check_scene
     from pipeline.runner import check_resumable
@@ -727,13 +728,9 @@ def plan_job(spec: JobSpec) -> JobPlan:
     scenes: list[SceneWork] = []
     seen: dict[str, str] = {}
     out = Path(spec.output)
-    for candidate in (out, *out.parents):  # what `irscan run` refuses (it makes the folder)
-        if candidate.exists():
-            if not candidate.is_dir():
-                raise JobSpecError(
-                    f"{spec.source}: output: expected a folder (or a place to make one), got a file at {candidate}"
-                )
-            break
+    blocker = file_in_the_way(out)  # what `irscan run` refuses (it makes the folder)
+    if blocker is not None:
+        raise JobSpecError(f"{spec.source}: output: expected a folder (or a place to make one), got a file at {blocker}")
     for path in paths:
         info = open_scene(path, band=config.band)
         try:
