@@ -70,6 +70,8 @@ RECIPES: dict[str, tuple[RefinerConfig, RefinerTrainConfig]] = {
     "steps4x_batch4x": (RefinerConfig(), RefinerTrainConfig(steps=6000, batch_size=128)),
     # the fourth round (docs/benchmarks.md, "Refiner recipes, fourth round"): against steps4x
     "steps4x_jitter": (RefinerConfig(), RefinerTrainConfig(steps=6000, logit_slope_jitter=0.4, logit_shift_jitter=1.5)),
+    # the sixth round (docs/benchmarks.md, "Refiner recipes, sixth round"): against steps4x
+    "steps4x_tfa": (RefinerConfig(), RefinerTrainConfig(steps=6000, loss="tversky-fa")),
 }
 
 
@@ -124,7 +126,7 @@ def _agreed_scores(probs: list[np.ndarray], flipped: list[list[np.ndarray]], mas
 
 
 def _fit_and_score(job: dict) -> dict:
-    torch.set_num_threads(2)
+    torch.set_num_threads(job.get("threads", 2))
     cache = np.load(job["cache"], allow_pickle=True)
     config, cfg = RECIPES[job["recipe"]]
     cfg = RefinerTrainConfig(**{**asdict(cfg), "seed": job["seed"], **({"steps": job["steps"]} if job.get("steps") else {})})
@@ -198,6 +200,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads-per-fit", type=int, default=2, help="torch threads of each fit [2]")
+    parser.add_argument("--recipe-seeds", action="append", default=[], metavar="NAME=S1,S2",
+                        help="seeds of one recipe instead of --seeds (repeatable)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/bench_refiner")
     parser.add_argument("--refit", metavar="NAME=WEIGHTS")
@@ -231,11 +236,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     train, val = SirstSplit.load(args.data_dir, "train", "idx_427"), SirstSplit.load(args.data_dir, "val", "idx_427")
     jobs = []
-    seeds = [int(s) for s in args.seeds.split(",")]
     recipes = args.recipes.split(",")
     unknown = sorted(set(recipes) - set(RECIPES))
     if unknown:
         sys.exit(f"bench_refiner: --recipes: expected names of {sorted(RECIPES)}, got {unknown}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds_of = {r: seeds for r in recipes}
+        for spec in args.recipe_seeds:
+            name, listed = spec.split("=", 1)
+            if name not in recipes:
+                sys.exit(f"bench_refiner: --recipe-seeds: expected one of --recipes {recipes}, got {name!r}")
+            seeds_of[name] = [int(s) for s in listed.split(",")]
+    except ValueError:
+        sys.exit(f"bench_refiner: --seeds/--recipe-seeds: expected comma-separated integers, got {args.seeds!r}, "
+                 f"{args.recipe_seeds}")
     for spec in args.network:
         name, weights = spec.split("=", 1)
         t0 = time.monotonic()
@@ -259,10 +274,11 @@ def main() -> None:
                  val_probs=np.array(val_probs, dtype=object), val_masks=np.array(val.masks, dtype=object),
                  threshold=threshold, **extra)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
+                  "threads": args.threads_per_fit,
                   "steps": args.smoke_steps, "closing": (1, 2) if args.closing else (),
                   "sweep": SWEEP_THRESHOLDS if args.sweep else (),
                   "refined_out": str(work / f"{name}_{r}_seed{s}_refined.npy") if args.ensemble else None}
-                 for r in recipes for s in seeds]
+                 for r in recipes for s in seeds_of[r]]
     if args.refit:
         name, weights = args.refit.split("=", 1)
         split = SirstSplit.load(args.data_dir, args.refit_split, "idx_427")
@@ -272,7 +288,7 @@ def main() -> None:
                  fit_masks=np.array(split.masks, dtype=object), threshold=threshold)
         Path(args.refit_dir).mkdir(parents=True, exist_ok=True)
         jobs += [{"cache": str(cache), "network": name, "recipe": r, "seed": s, "device": args.device,
-                  "steps": args.smoke_steps,
+                  "threads": args.threads_per_fit, "steps": args.smoke_steps,
                   "save": str(Path(args.refit_dir) / (f"{r}.safetensors" if s == 0 else f"{r}_seed{s}.safetensors"))}
                  for r in recipes for s in (int(x) for x in args.refit_seeds.split(","))]
     rows = []

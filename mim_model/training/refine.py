@@ -12,7 +12,7 @@ corrections are), else anywhere; optionally the crop's input logit is redrawn wi
 slope and shift (``logit_slope_jitter``, ``logit_shift_jitter``: off in the packaged recipe);
 each crop is turned by a random multiple of 90 degrees and
 flipped left-right with probability one half. The loss is the batch-level SoftIoU of the
-refined logits; AdamW with a one-cycle schedule (``warmup_share`` of the steps rising to
+refined logits (or, with ``loss="tversky-fa"``, the Tversky loss charging false pixels more); AdamW with a one-cycle schedule (``warmup_share`` of the steps rising to
 ``lr``, then cosine annealing). The defaults are the recipe chosen on val (docs/benchmarks.md,
 "Refiner recipes"): 6,000 steps of 32 crops, about 70 s on an H100 and about half an hour on
 one CPU thread.
@@ -44,7 +44,10 @@ from mim_model.refiner import (
 )
 from mim_model.training.data import DEFAULT_SPLIT_DIR, SirstSplit
 from mim_model.training.inference import check_inference_options, predict_probs, weights_input_scale
-from mim_model.training.loss import soft_iou_loss
+from mim_model.training.loss import make_loss
+
+#: losses a refiner may be fitted with (:attr:`RefinerTrainConfig.loss`)
+REFINER_LOSSES = ("softiou", "tversky-fa")
 
 __all__ = ["RefinerError", "RefinerTrainConfig", "crop_centres", "fit_refiner", "refiner_crop", "train_refiner"]
 
@@ -73,6 +76,9 @@ class RefinerTrainConfig:
     #: [-logit_shift_jitter, logit_shift_jitter] (0 and 0: the network's own, as packaged).
     logit_slope_jitter: float = 0.0
     logit_shift_jitter: float = 0.0
+    #: the fit's loss: ``softiou`` (as packaged) or ``tversky-fa`` (false pixels charged 7/3 of
+    #: missed ones; :mod:`mim_model.training.loss`)
+    loss: str = "softiou"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +92,7 @@ class RefinerTrainConfig:
             "near_prob": (0 < self.near_prob < 1, "a probability in (0, 1)"),
             "logit_slope_jitter": (0 <= self.logit_slope_jitter < 1, "a number in [0, 1)"),
             "logit_shift_jitter": (self.logit_shift_jitter >= 0, "a number >= 0"),
+            "loss": (self.loss in REFINER_LOSSES, f"one of {', '.join(REFINER_LOSSES)}"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -175,7 +182,7 @@ def fit_refiner(
     -------
     (OutlineRefiner, list of dict)
         The fitted refiner (eval mode, on ``device``) and progress records (``step``,
-        ``loss``: running mean of the SoftIoU loss, ``lr``, ``seconds``).
+        ``loss``: running mean of the loss, ``lr``, ``seconds``).
     """
     cfg = cfg or RefinerTrainConfig()
     if not (len(images01) == len(probs) == len(masks)) or not images01:
@@ -200,6 +207,7 @@ def fit_refiner(
     # OneCycleLR divides by (pct_start * steps - 1): a warm-up of exactly one step is nudged past it
     warmup_share = cfg.warmup_share * (1 + 1e-6) if float(cfg.warmup_share * cfg.steps) == 1.0 else cfg.warmup_share
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.steps, pct_start=warmup_share)
+    loss_fn = make_loss(cfg.loss)
     refiner.train()
     records: list[dict[str, float]] = []
     running, start = 0.0, time.monotonic()
@@ -208,7 +216,7 @@ def fit_refiner(
                  for k in rng.integers(len(features), size=cfg.batch_size)]
         x = torch.from_numpy(np.stack([c[0] for c in crops])).to(device)
         y = torch.from_numpy(np.stack([c[1] for c in crops]))[:, None].to(device)
-        loss = soft_iou_loss(refiner.forward_features(x), y)
+        loss = loss_fn(refiner.forward_features(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
