@@ -268,9 +268,9 @@ def train_refiner(
     out = Path(out)
     if out.resolve() == source.resolve():
         raise RefinerError(f"out {out}: expected a new file, got the weights file itself")
+    check_output_file(out, "out", RefinerError)  # a folder at ``out`` is named as one, before the next check
     if out.exists() and not overwrite:
         raise RefinerError(f"out {out}: expected a path that does not exist yet (or --overwrite), got an existing file")
-    check_output_file(out, "out", RefinerError)
     check_inference_options(threshold=None, batch_size=batch_size, error=RefinerError)
     data = SirstSplit.load(data_dir, split, split_dir)
     dev = resolve_device(device)

@@ -34,9 +34,9 @@ def command(data_dir: Path, split: str, split_dir: str, out_path: Path, weights:
     from mim_model.output_paths import check_output_file
     from mim_model.training.hard_negatives import HardNegativesError, find_hard_negatives, write_hard_negatives
 
+    check_output_file(out_path, "--out", HardNegativesError)
     if out_path.exists() and not overwrite:
         raise HardNegativesError(f"--out {out_path}: expected a path with no file (or --overwrite), got an existing file")
-    check_output_file(out_path, "--out", HardNegativesError)
     content = find_hard_negatives(data_dir, split, weights=weights, threshold=threshold, device=device,
                                   split_dir=split_dir, batch_size=batch_size, refine=not no_refiner,
                                   clear_px=clear_px)
