@@ -38,6 +38,10 @@ class SceneError(InputError):
     """A scene cannot be used: not a raster, rotated grid, missing band, ..."""
 
 
+class NormalizationError(InputError):
+    """The normalization asked for cannot map a scene (``norm none`` on an integer band)."""
+
+
 class OutputExistsError(IrscanError, FileExistsError):
     """The output exists and ``--overwrite`` was not given."""
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, IrscanError, LockedError
+from pipeline.errors import InputError, IrscanError, LockedError, NormalizationError
 from pipeline.jobspec import JobSpec, expand_inputs, load_job
 from pipeline.lock import make_run_id, output_lock
 
@@ -219,6 +219,10 @@ def _run_locked(
             inputs, spec.output, spec.config, resume=not spec.config.overwrite, run_id=run_id,
             overviews=spec.overviews, statistics=spec.statistics,
         )
+    except NormalizationError as err:  # the job file's key, as `irscan plan` names it
+        message = f"{spec.source}: scan.norm_mode: {err}"
+        log.info("%s", message)
+        return EXIT_BAD_INPUT, message, {}
     except (IrscanError, MiMError) as err:
         log.info("%s", err)  # the caller prints the one-line outcome; log files keep it
         return EXIT_BAD_INPUT, str(err), {}

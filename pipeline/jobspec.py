@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from pipeline.errors import InputError, JobSpecError, shown
+from pipeline.errors import InputError, JobSpecError, NormalizationError, shown
 
 __all__ = [
     "JOB_KEYS",
@@ -555,7 +555,8 @@ class SceneWork:
         ``EPSG:n``, ``custom`` (a CRS without an EPSG code) or ``none``.
     tiles_total, tiles_finished : int
         Tiles of the plan, and those the ledger of ``OUTPUT/<name>`` records as finished
-        (0 when the job overwrites, or when ``run_refuses``).
+        (0 when the job overwrites, when ``run_refuses``, or when the folder holds no output
+        ``irscan run`` continues, no mask store or fingerprint: run starts it over).
     run_refuses : str or None
         Why ``irscan run`` would refuse the existing output of the scene without
         ``--overwrite`` (made with another configuration or weights, or from another version
@@ -654,8 +655,6 @@ def _finished_tiles(scene_out: Path, n_rows: int, n_cols: int) -> int:
     from pipeline.ledger import TileLedger
     from pipeline.tiling import parse_tile_id
 
-    if not scene_out.is_dir():
-        return 0
     count = 0
     for tile_id in TileLedger(scene_out).finished_ids():
         try:
@@ -678,14 +677,12 @@ def _check_before_ray(spec: JobSpec) -> str:
     """
     from mim_model.errors import MiMError
     from mim_model.weights import weights_sha256
-    from pipeline.infer import check_tile_scale, check_weights, resolve_weights_path
-    from pipeline.runner import check_ray_address_form
+    from pipeline.infer import resolve_weights_path
+    from pipeline.runner import check_settings
 
     config = spec.config
     try:
-        check_weights(config.inference)
-        check_tile_scale(config.inference, config.tiling.tile_px)
-        check_ray_address_form(config)
+        check_settings(config)
     except (InputError, MiMError) as err:
         key = "scan.weights" if isinstance(err, MiMError) else _config_key(str(err))
         raise JobSpecError(f"{spec.source}: {key}: {err}") from err
@@ -696,9 +693,9 @@ def plan_job(spec: JobSpec) -> JobPlan:
     """Open every scene (metadata only) and count its tiles and the finished ones.
 
     No GPU, no Ray, no pixel read. Finished tiles come from
-    ``TileLedger(OUTPUT/<scene stem>).finished_ids()`` when the output exists (and are 0
-    when the job overwrites, or when ``irscan run`` would refuse to continue the output:
-    see :attr:`SceneWork.run_refuses`). The checks ``irscan run`` makes before Ray are made
+    ``TileLedger(OUTPUT/<scene stem>).finished_ids()`` when an output ``irscan run`` would
+    continue exists (its mask store and fingerprint; 0 when the job overwrites, or when
+    ``irscan run`` would refuse to continue the output: see :attr:`SceneWork.run_refuses`). The checks ``irscan run`` makes before Ray are made
     too (weights, tile size after the input scale, the form of the Ray address).
 
     Returns
@@ -718,7 +715,7 @@ def plan_job(spec: JobSpec) -> JobPlan:
     from mim_model.output_paths import file_in_the_way
     from pipeline.errors import OutputExistsError
     from pipeline.normalize import check_scene
-    from pipeline.runner import check_resumable
+    from pipeline.runner import check_resumable, has_output
     from pipeline.scene import open_scene
     from pipeline.tiling import tile_grid_shape
 
@@ -735,7 +732,7 @@ def plan_job(spec: JobSpec) -> JobPlan:
         info = open_scene(path, band=config.band)
         try:
             check_scene(info, config.normalization)
-        except InputError as err:
+        except NormalizationError as err:
             raise JobSpecError(f"{spec.source}: scan.norm_mode: {err}") from err
         if info.name in seen:
             raise JobSpecError(
@@ -750,7 +747,8 @@ def plan_job(spec: JobSpec) -> JobPlan:
                 check_resumable(out / info.name, info, fingerprint)
             except OutputExistsError as err:
                 refuses = str(err)
-        finished = 0 if config.overwrite or refuses else _finished_tiles(out / info.name, n_rows, n_cols)
+        continues = not config.overwrite and refuses is None and has_output(out / info.name)  # else run starts over
+        finished = _finished_tiles(out / info.name, n_rows, n_cols) if continues else 0
         scenes.append(
             SceneWork(
                 path=path,

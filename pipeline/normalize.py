@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, NormalizationError
 from pipeline.scene import SceneInfo, read_decimated
 
 __all__ = [
@@ -216,11 +216,11 @@ def check_scene(scene: SceneInfo, spec: NormalizationSpec) -> None:
 
     Raises
     ------
-    InputError
+    NormalizationError
         Mode ``"none"`` and an integer dtype; the message names the scene and the dtype.
     """
     if spec.mode == "none" and np.dtype(scene.dtype).kind in "ui":
-        raise InputError(
+        raise NormalizationError(
             f"{scene.path}: norm none: expected a float scene with values in 0..1, got dtype {scene.dtype}"
             " (every value above 0 would become 1); use norm percentile or fixed"
         )

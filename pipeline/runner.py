@@ -68,7 +68,7 @@ from pipeline.write_vectors import detections_frame, write_detections
 from pipeline.write_zarr import MASK_ZARR, create_mask_store, open_mask_store, write_core
 
 __all__ = ["run_scans", "SceneResult", "check_ray_address", "check_ray_address_form", "check_resumable",
-           "connect_ray", "prepare_scene_dirs"]
+           "check_settings", "has_output", "connect_ray", "prepare_scene_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,23 @@ def check_ray_address_form(config: ScanConfig) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def check_settings(config: ScanConfig) -> float:
+    """The checks of the settings alone (no scene read, no output made, Ray not contacted), in
+    the order ``irscan run`` and ``irscan plan`` both make them: the weights load as MiM
+    weights, the tile scaled by their input scale suits the network, the Ray address has a
+    valid form. Returns the weights' input scale.
+
+    Raises
+    ------
+    InputError, mim_model.errors.MiMError
+        The first check that fails.
+    """
+    check_weights(config.inference)
+    input_scale = check_tile_scale(config.inference, config.tiling.tile_px)
+    check_ray_address_form(config)
+    return input_scale
+
+
 def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
     """Refuse a Ray head that is not there before any work, with one line: Ray itself retries
     an unreachable ``HOST:PORT`` for minutes. ``auto`` (a cluster on this machine) is checked
@@ -364,14 +381,14 @@ def _scene_identity(info: SceneInfo) -> dict[str, Any]:
     return identity
 
 
-def _has_output(scene_dir: Path) -> bool:
+def has_output(scene_dir: Path) -> bool:
     """True when ``scene_dir`` holds an output a run can continue (its store and fingerprint)."""
     return (scene_dir / MASK_ZARR).exists() and _fingerprint_file(scene_dir).exists()
 
 
 def _resumes(run: SceneRun) -> bool:
     """True when the run continues an existing output (its store and fingerprint are there)."""
-    return not run.replace and _has_output(run.out_dir)
+    return not run.replace and has_output(run.out_dir)
 
 
 def check_resumable(scene_dir: Path, info: SceneInfo, fingerprint: str) -> None:
@@ -380,7 +397,7 @@ def check_resumable(scene_dir: Path, info: SceneInfo, fingerprint: str) -> None:
     another version of the scene file (:class:`OutputExistsError`); nothing is written. Outputs
     of versions that did not record the scene are checked by configuration only; a folder
     without an output to continue passes. ``irscan plan`` asks the same question."""
-    if not _has_output(scene_dir):
+    if not has_output(scene_dir):
         return
     previous = json.loads(_fingerprint_file(scene_dir).read_text())
     if previous.get("fingerprint") != fingerprint:
@@ -799,13 +816,12 @@ def run_scans(
     from pipeline.postprocess import postprocess_scene
 
     wall_start = time.time()
-    check_weights(config.inference)  # before anything is made, and not first inside a Ray actor
+    input_scale = check_settings(config)  # before anything is made, and not first inside a Ray actor
     check_ray_address(config)
     out = make_output_dir(out_dir, "output folder", InputError)
     with output_lock(out, run_id):  # before prepare_scene_dirs, which may remove folders
         runs = prepare_scene_dirs(scene_paths, out, config, resume=resume)
         threshold = resolve_threshold(config.inference)
-        input_scale = check_tile_scale(config.inference, config.tiling.tile_px)
         weights_path = resolve_weights_path(config.inference)
         weights_sha = weights_sha256(weights_path)
         weights = {"weights_path": str(weights_path), "weights_sha256": weights_sha, "threshold": threshold,

@@ -236,6 +236,22 @@ def test_stac_errors(tmp_path: Path, doc: Any, needles: list[str]) -> None:
 
 
 # ------------------------------------------------------------------ plan
+def _interrupted_output(spec: Any, stem: str) -> None:
+    """The store and fingerprint ``irscan run`` makes for the scene ``stem`` before its first tile."""
+    from mim_model.weights import weights_sha256
+    from pipeline.infer import resolve_weights_path
+    from pipeline.ledger import STATE_DIR
+    from pipeline.scene import open_scene
+    from pipeline.write_zarr import MASK_ZARR, create_mask_store
+
+    (path,) = [p for p in expand_inputs(spec) if Path(p).stem == stem]
+    scene_dir = Path(spec.output) / stem
+    create_mask_store(scene_dir / MASK_ZARR, open_scene(path).grid, spec.config.tiling, scene_name=stem)
+    fingerprint = spec.config.output_fingerprint(weights_sha256(resolve_weights_path(spec.config.inference)))
+    (scene_dir / STATE_DIR).mkdir(exist_ok=True)
+    (scene_dir / STATE_DIR / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint}))
+
+
 def test_plan_counts_tiles_and_finished(tmp_path: Path, scenes: Path) -> None:
     spec = load_job(write_job(tmp_path, base_job(scan={"tile_px": 128, "halo_px": 16})))  # core 96
     plan = plan_job(spec)
@@ -245,7 +261,9 @@ def test_plan_counts_tiles_and_finished(tmp_path: Path, scenes: Path) -> None:
     assert plan.tiles_finished == 0 and plan.tiles_todo == 14
     assert plan.mpx == pytest.approx((300 * 257 + 100 * 90) / 1e6)
 
-    # an interrupted run left a ledger: done/skipped count, failed and foreign ids do not
+    # an interrupted run left its store, fingerprint and ledger: done/skipped count, failed and
+    # foreign ids do not (a ledger alone is no output run continues: counted 0, in test_input_mistakes)
+    _interrupted_output(spec, "a")
     TileLedger(Path(spec.output) / "a").append([
         {"tile": "r0_c0", "status": "done"}, {"tile": "r0_c1", "status": "skipped"},
         {"tile": "r1_c1", "status": "failed"}, {"tile": "r9_c9", "status": "done"},

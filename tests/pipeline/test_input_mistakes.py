@@ -267,6 +267,27 @@ def test_plan_counts_no_finished_tiles_of_an_output_run_would_refuse(local_ray, 
     assert work.run_refuses == str(refused.value) and "another version of the scene" in work.run_refuses
 
 
+def test_plan_counts_no_finished_tiles_of_a_folder_run_starts_over(local_ray, random_weights, tmp_path):
+    """A scene folder with a tile ledger but no mask store or fingerprint (one made by hand, or
+    whose store was deleted) is started over by run; plan counted its ledger as finished."""
+    import shutil
+
+    from pipeline.jobspec import plan_job
+
+    scene = _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"inputs: [s.tif]\noutput: out\nscan: {{tile_px: 64, halo_px: 0, device: cpu, "
+                   f"weights: {random_weights}}}\n")
+    config = load_job(job).config
+    run_scans([str(scene)], tmp_path / "out", config, resume=True, overviews=False, statistics=False)
+    shutil.rmtree(tmp_path / "out" / "s" / "mask.zarr")
+    assert (tmp_path / "out" / "s" / "_irscan" / "tiles.jsonl").is_file()  # the ledger is left
+    (work,) = plan_job(load_job(job)).scenes
+    assert (work.tiles_total, work.tiles_finished, work.run_refuses) == (4, 0, None)
+    (result,) = run_scans([str(scene)], tmp_path / "out", config, resume=True, overviews=False, statistics=False)
+    assert (result.tiles["resumed"], result.tiles["done"]) == (0, 4)  # as plan said: all four to do
+
+
 def test_norm_none_on_an_integer_scene_is_refused(tmp_path):
     """--norm none takes values as they are (a float scene in 0..1): on a uint16 scene every
     pixel became 1, so the scan found nothing and said nothing."""
@@ -285,7 +306,7 @@ def test_norm_none_on_an_integer_scene_is_refused(tmp_path):
     line = _one_line(CliRunner().invoke(cli, ["plan", str(job)]))
     assert line == f"irscan: error: {job}: scan.norm_mode: {expected}"
     line = _one_line(CliRunner().invoke(cli, ["run", str(job), "--run-id", "r1"]))
-    assert line == f"irscan: bad_input: {expected}"
+    assert line == f"irscan: bad_input: {job}: scan.norm_mode: {expected}"  # the key, as plan names it
     assert not (tmp_path / "o" / "s").exists()
     # a float scene already in 0..1 is what norm none is for
     _write(tmp_path / "s.tif", (data / 5000).astype(np.float32))
