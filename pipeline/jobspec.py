@@ -695,8 +695,9 @@ def plan_job(spec: JobSpec) -> JobPlan:
     No GPU, no Ray, no pixel read. Finished tiles come from
     ``TileLedger(OUTPUT/<scene stem>).finished_ids()`` when an output ``irscan run`` would
     continue exists (its mask store and fingerprint; 0 when the job overwrites, or when
-    ``irscan run`` would refuse to continue the output: see :attr:`SceneWork.run_refuses`). The checks ``irscan run`` makes before Ray are made
-    too (weights, tile size after the input scale, the form of the Ray address).
+    ``irscan run`` would refuse to continue the output: see :attr:`SceneWork.run_refuses`).
+    The checks ``irscan run`` makes before Ray are made too (weights, tile size after the
+    input scale, the form of the Ray address).
 
     Returns
     -------

@@ -12,10 +12,11 @@ corrections are), else anywhere; optionally the crop's input logit is redrawn wi
 slope and shift (``logit_slope_jitter``, ``logit_shift_jitter``: off in the packaged recipe);
 each crop is turned by a random multiple of 90 degrees and
 flipped left-right with probability one half. The loss is the batch-level SoftIoU of the
-refined logits (or, with ``loss="tversky-fa"``, the Tversky loss charging false pixels more); AdamW with a one-cycle schedule (``warmup_share`` of the steps rising to
-``lr``, then cosine annealing). The defaults are the recipe chosen on val (docs/benchmarks.md,
-"Refiner recipes"): 6,000 steps of 32 crops, about 70 s on an H100 and about half an hour on
-one CPU thread.
+refined logits (or, with ``loss="tversky-fa"``, the Tversky loss charging false pixels
+more); AdamW with a one-cycle schedule (``warmup_share`` of the steps rising to ``lr``, then
+cosine annealing). The defaults are the recipe chosen on val (docs/benchmarks.md,
+"Refiner recipes"): 6,000 steps of 32 crops, about 70 s on an H100 and half an hour to an hour
+on one CPU thread (53-60 min each on a 2-core machine running two fits, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ def train_refiner(
 
     The network runs as :func:`~mim_model.training.evaluate.evaluate` runs it (its own input
     scale, no flips, without any refiner the file already carries); the refiner is fitted on
-    ``device`` (a GPU takes about a minute, one CPU thread about half an hour). Returns a
+    ``device`` (a GPU takes about a minute, one CPU thread half an hour to an hour). Returns a
     summary: the split, the images, the recipe, the progress records and ``out``.
 
     Raises
