@@ -12,6 +12,8 @@ __all__ = [
     "IrscanError",
     "InputError",
     "SceneError",
+    "SettingError",
+    "NormalizationError",
     "OutputExistsError",
     "JobSpecError",
     "TileFailedError",
@@ -38,8 +40,26 @@ class SceneError(InputError):
     """A scene cannot be used: not a raster, rotated grid, missing band, ..."""
 
 
-class NormalizationError(InputError):
+class SettingError(InputError):
+    """A scan setting cannot be used as given. ``key`` names the setting as a job file's
+    ``scan:`` mapping spells it (``ray_address``, ``device``, ...), so that ``irscan run`` and
+    ``irscan plan`` can name the job's key; ``irscan scan`` prints the message alone."""
+
+    key = "scan"
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        if key is not None:
+            self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Ray pickles errors raised in its workers
+        return type(self), (str(self), self.key)
+
+
+class NormalizationError(SettingError):
     """The normalization asked for cannot map a scene (``norm none`` on an integer band)."""
+
+    key = "norm_mode"
 
 
 class OutputExistsError(IrscanError, FileExistsError):

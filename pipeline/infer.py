@@ -33,7 +33,7 @@ from mim_model.weights import (
     read_metadata,
     weights_sha256,
 )
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SettingError
 
 __all__ = [
     "InferenceSpec", "TilePredictor", "check_tile_scale", "check_weights", "pad_batch", "resolve_device",
@@ -122,7 +122,7 @@ def _metadata_number(spec: InferenceSpec, key: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise InputError(f"{path}: metadata {key}: expected a number, got {raw!r}") from None
+        raise SettingError(f"{path}: metadata {key}: expected a number, got {raw!r}", "weights") from None
 
 
 def resolve_threshold(spec: InferenceSpec) -> float:
@@ -148,9 +148,9 @@ def scaled_side_px(side_px: int, scale: float, source: str = "input_scale", fiel
     where the scale comes from in the error)."""
     scaled = round(side_px * scale)
     if scaled % 64:
-        raise InputError(
+        raise SettingError(
             f"{field}: {what} are resized by {source} {scale}; {side_px} px becomes {scaled} px, "
-            "expected a multiple of 64"
+            "expected a multiple of 64", field
         )
     return scaled
 
@@ -185,7 +185,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device: cuda was asked for but torch sees no CUDA GPU")
+        raise SettingError("device: cuda was asked for but torch sees no CUDA GPU", "device")
     return torch.device(name)
 
 

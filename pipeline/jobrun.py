@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, IrscanError, LockedError, NormalizationError
-from pipeline.jobspec import JobSpec, expand_inputs, load_job
+from pipeline.errors import InputError, IrscanError, LockedError
+from pipeline.jobspec import JobSpec, expand_inputs, job_key_message, load_job
 from pipeline.lock import make_run_id, output_lock
 
 __all__ = [
@@ -219,13 +219,10 @@ def _run_locked(
             inputs, spec.output, spec.config, resume=not spec.config.overwrite, run_id=run_id,
             overviews=spec.overviews, statistics=spec.statistics,
         )
-    except NormalizationError as err:  # the job file's key, as `irscan plan` names it
-        message = f"{spec.source}: scan.norm_mode: {err}"
-        log.info("%s", message)
-        return EXIT_BAD_INPUT, message, {}
     except (IrscanError, MiMError) as err:
-        log.info("%s", err)  # the caller prints the one-line outcome; log files keep it
-        return EXIT_BAD_INPUT, str(err), {}
+        message = job_key_message(spec.source, err)  # a setting's job key, as `irscan plan` names it
+        log.info("%s", message)  # the caller prints the one-line outcome; log files keep it
+        return EXIT_BAD_INPUT, message, {}
     except Exception as err:
         log.exception("run %s: unexpected error", run_id)
         return EXIT_ERROR, f"unexpected error: {type(err).__name__}: {err}", {}

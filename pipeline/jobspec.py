@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from pipeline.errors import InputError, JobSpecError, NormalizationError, shown
+from pipeline.errors import InputError, JobSpecError, SettingError, shown
 
 __all__ = [
     "JOB_KEYS",
@@ -56,6 +56,7 @@ __all__ = [
     "StacInput",
     "expand_inputs",
     "gdal_path",
+    "job_key_message",
     "load_job",
     "parse_job",
     "plan_job",
@@ -665,6 +666,22 @@ def _finished_tiles(scene_out: Path, n_rows: int, n_cols: int) -> int:
     return count
 
 
+def job_key_message(source: str, err: Exception) -> str:
+    """``SOURCE: scan.KEY: error`` for an error about one scan setting, named by the job
+    file's key: a :class:`pipeline.errors.SettingError` (its ``key``) or a weights file
+    that does not load (:class:`mim_model.errors.WeightsError`, ``scan.weights``); any other
+    error's own message (it names its file or field)."""
+    from mim_model.errors import WeightsError  # here: importing mim_model imports torch
+
+    if isinstance(err, SettingError):
+        key = err.key
+    elif isinstance(err, WeightsError):
+        key = "weights"
+    else:
+        return str(err)
+    return f"{source}: scan.{key}: {err}"
+
+
 def _check_before_ray(spec: JobSpec) -> str:
     """The checks ``irscan run`` makes before it starts Ray (:func:`pipeline.runner.run_scans`),
     without Ray or a connection: the weights load, the scaled tile suits the network, the Ray
@@ -675,7 +692,7 @@ def _check_before_ray(spec: JobSpec) -> str:
     JobSpecError
         One of them fails; the message names the job file and the scan key.
     """
-    from mim_model.errors import MiMError
+    from mim_model.errors import WeightsError
     from mim_model.weights import weights_sha256
     from pipeline.infer import resolve_weights_path
     from pipeline.runner import check_settings
@@ -683,9 +700,8 @@ def _check_before_ray(spec: JobSpec) -> str:
     config = spec.config
     try:
         check_settings(config)
-    except (InputError, MiMError) as err:
-        key = "scan.weights" if isinstance(err, MiMError) else _config_key(str(err))
-        raise JobSpecError(f"{spec.source}: {key}: {err}") from err
+    except (SettingError, WeightsError) as err:
+        raise JobSpecError(job_key_message(spec.source, err)) from err
     return config.output_fingerprint(weights_sha256(resolve_weights_path(config.inference)))
 
 
@@ -733,8 +749,8 @@ def plan_job(spec: JobSpec) -> JobPlan:
         info = open_scene(path, band=config.band)
         try:
             check_scene(info, config.normalization)
-        except NormalizationError as err:
-            raise JobSpecError(f"{spec.source}: scan.norm_mode: {err}") from err
+        except SettingError as err:
+            raise JobSpecError(job_key_message(spec.source, err)) from err
         if info.name in seen:
             raise JobSpecError(
                 f"{spec.source}: inputs: {seen[info.name]} and {path} share the file stem"

@@ -43,7 +43,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskErro
 from tqdm import tqdm
 
 from pipeline.config import ScanConfig
-from pipeline.errors import InputError, OutputExistsError, shown
+from pipeline.errors import InputError, OutputExistsError, SettingError, shown
 from mim_model.output_paths import make_output_dir
 from mim_model.weights import weights_sha256
 from pipeline.infer import (
@@ -217,8 +217,8 @@ def check_ray_address_form(config: ScanConfig) -> tuple[str, int] | None:
 
     Raises
     ------
-    InputError
-        The address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+    SettingError
+        The address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (key ``ray_address``).
     """
     address = _ray_address(config)
     if address is None or address in ("auto", "local"):
@@ -226,7 +226,7 @@ def check_ray_address_form(config: ScanConfig) -> tuple[str, int] | None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     host = host.strip("[]")  # [::1]:6379
     if not host or not port.isdigit():
-        raise InputError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+        raise SettingError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}", "ray_address")
     return host, int(port)
 
 
@@ -238,8 +238,9 @@ def check_settings(config: ScanConfig) -> float:
 
     Raises
     ------
-    InputError, mim_model.errors.MiMError
-        The first check that fails.
+    SettingError, mim_model.errors.MiMError
+        The first check that fails (a MiMError is about the weights; a SettingError names its
+        setting in ``key``).
     """
     check_weights(config.inference)
     input_scale = check_tile_scale(config.inference, config.tiling.tile_px)
@@ -254,9 +255,9 @@ def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
 
     Raises
     ------
-    InputError
+    SettingError
         The address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``, or nothing
-        answers there within ``timeout_s``.
+        answers there within ``timeout_s`` (key ``ray_address``).
     """
     head = check_ray_address_form(config)
     if head is None:
@@ -267,8 +268,8 @@ def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
-        raise InputError(f"ray address {address}: expected a running Ray head there, got "
-                         f"{exc.strerror or type(exc).__name__} connecting to {host}:{port}") from None
+        raise SettingError(f"ray address {address}: expected a running Ray head there, got "
+                           f"{exc.strerror or type(exc).__name__} connecting to {host}:{port}", "ray_address") from None
 
 
 def connect_ray(config: ScanConfig) -> bool:
@@ -279,8 +280,8 @@ def connect_ray(config: ScanConfig) -> bool:
 
     Raises
     ------
-    InputError
-        The address names no running Ray cluster.
+    SettingError
+        The address names no running Ray cluster (key ``ray_address``).
     """
     if ray.is_initialized():
         return False
@@ -296,7 +297,8 @@ def connect_ray(config: ScanConfig) -> bool:
             else:
                 ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except ConnectionError as exc:
-            raise InputError(f"ray address {address}: expected a running Ray cluster, got: {exc}") from None
+            raise SettingError(f"ray address {address}: expected a running Ray cluster, got: {exc}",
+                               "ray_address") from None
         return False
     log.info("starting a local Ray (dashboard %s)", "on 127.0.0.1" if config.ray.dashboard else "off")
     ray.init(
@@ -317,9 +319,9 @@ def _actor_layout(config: ScanConfig) -> tuple[int, float, float]:
     wants_cpu = config.inference.device == "cpu"
     if config.inference.device == "cuda" and total_gpus == 0:
         if config.ray.num_actors is None:
-            raise InputError(
+            raise SettingError(
                 "device: cuda but the Ray cluster has no GPU (yet); on an autoscaling cluster set "
-                "num_actors so that GPU actors are requested and GPU nodes are added"
+                "num_actors so that GPU actors are requested and GPU nodes are added", "device"
             )
         return config.ray.num_actors, config.ray.gpus_per_actor, config.ray.cpus_per_actor
     if total_gpus > 0 and not wants_cpu:

@@ -206,10 +206,44 @@ def test_plan_makes_the_checks_run_makes_before_ray(tmp_path, monkeypatch, scan,
     for args in (["plan", str(job)], ["plan", "--json", str(job)]):
         line = _one_line(CliRunner().invoke(cli, args))
         assert line.startswith(f"irscan: error: {job}: {needle}"), line
-    # irscan run refuses the same, before Ray
+    # irscan run refuses the same, before Ray, and names the same job key
     line = _one_line(CliRunner().invoke(cli, ["run", str(job), "--run-id", "r1"]))
-    assert line.startswith("irscan: bad_input: ") and needle.split(": ", 1)[1] in line, line
+    assert line.startswith(f"irscan: bad_input: {job}: {needle}"), line
     assert not (tmp_path / "o" / "s").exists()
+
+
+def test_run_names_the_job_key_of_an_unreachable_ray_head(tmp_path):
+    """`irscan run` printed a Ray head where nothing listens without the job's key
+    (scan.ray_address), where plan names the key of every setting it refuses. In a process of
+    its own, as a user runs it: a Ray this test module already joined would be kept instead."""
+    import subprocess
+    import sys
+
+    _write(tmp_path / "s.tif", _scene((30, 40)))
+    job = tmp_path / "job.yaml"
+    job.write_text("inputs: [s.tif]\noutput: o\nscan: {ray_address: '127.0.0.1:1'}\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    assert CliRunner().invoke(cli, ["plan", str(job)], env={"RAY_ADDRESS": None}).exit_code == 0  # the form only
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "run", str(job), "--run-id", "r1"],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]  # one line
+    assert line.startswith(f"irscan: bad_input: {job}: scan.ray_address: ray address 127.0.0.1:1: "
+                           "expected a running Ray head there, got "), line
+    assert not (tmp_path / "o" / "s").exists()
+
+
+def test_a_setting_error_keeps_its_key_across_processes():
+    """Ray pickles an error raised in a worker; the job key must come back with it."""
+    import pickle
+
+    from pipeline.errors import NormalizationError, SettingError
+
+    for err, key in ((SettingError("device: cuda was asked for", "device"), "device"),
+                     (NormalizationError("s.tif: norm none: expected a float scene"), "norm_mode")):
+        back = pickle.loads(pickle.dumps(err))
+        assert (type(back), back.key, str(back)) == (type(err), key, str(err))
 
 
 def test_plan_checks_the_ray_address_without_contacting_it(tmp_path, monkeypatch):
