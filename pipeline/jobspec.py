@@ -107,7 +107,6 @@ _MESSAGE_ALIASES = {
     "high_pct": "norm_high",
     "max_value": "norm_high",
     "core_px": "halo_px",
-    "ray address": "ray_address",
 }
 
 

@@ -226,7 +226,8 @@ def check_ray_address_form(config: ScanConfig) -> tuple[str, int] | None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     host = host.strip("[]")  # [::1]:6379
     if not host or not port.isdigit():
-        raise SettingError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}", "ray_address")
+        raise SettingError(f"ray address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}",
+                           "ray_address")
     return host, int(port)
 
 
@@ -238,9 +239,8 @@ def check_settings(config: ScanConfig) -> float:
 
     Raises
     ------
-    SettingError, mim_model.errors.MiMError
-        The first check that fails (a MiMError is about the weights; a SettingError names its
-        setting in ``key``).
+    mim_model.errors.WeightsError, SettingError
+        The first check that fails (a SettingError names its setting in ``key``).
     """
     check_weights(config.inference)
     input_scale = check_tile_scale(config.inference, config.tiling.tile_px)
@@ -269,7 +269,8 @@ def check_ray_address(config: ScanConfig, timeout_s: float = 10.0) -> None:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise SettingError(f"ray address {address}: expected a running Ray head there, got "
-                           f"{exc.strerror or type(exc).__name__} connecting to {host}:{port}", "ray_address") from None
+                           f"{exc.strerror or type(exc).__name__} connecting to {host}:{port}",
+                           "ray_address") from None
 
 
 def connect_ray(config: ScanConfig) -> bool:
