@@ -45,12 +45,9 @@ class SettingError(InputError):
     ``scan:`` mapping spells it (``ray_address``, ``device``, ...), so that ``irscan run`` and
     ``irscan plan`` can name the job's key; ``irscan scan`` prints the message alone."""
 
-    key = "scan"
-
-    def __init__(self, message: str, key: str | None = None) -> None:
+    def __init__(self, message: str, key: str) -> None:
         super().__init__(message)
-        if key is not None:
-            self.key = key
+        self.key = key
 
     def __reduce__(self) -> tuple[Any, ...]:  # Ray pickles errors raised in its workers
         return type(self), (str(self), self.key)
@@ -59,7 +56,8 @@ class SettingError(InputError):
 class NormalizationError(SettingError):
     """The normalization asked for cannot map a scene (``norm none`` on an integer band)."""
 
-    key = "norm_mode"
+    def __init__(self, message: str, key: str = "norm_mode") -> None:
+        super().__init__(message, key)
 
 
 class OutputExistsError(IrscanError, FileExistsError):
